@@ -1,0 +1,252 @@
+//! Route handlers and the strict JSON body reader they share.
+
+use std::net::IpAddr;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+
+use super::{AppState, Error, MAX_BODY_BYTES};
+use crate::mesh::{PeerEntry, PeerState};
+use crate::network::protocol::validate_level;
+use crate::network::{RegisterTarget, SyncOutcome};
+
+/// Reads a JSON body: 413 when too large, 415 for a non-JSON content type,
+/// 400 for malformed JSON, 422 for wrong types, missing or unknown fields.
+/// `None` when the body is empty and `allow_empty`.
+fn parse_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    allow_empty: bool,
+) -> Result<Option<T>, Error> {
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::PayloadTooLarge(MAX_BODY_BYTES)
+        } else {
+            Error::BadRequest(format!("cannot read request body: {}", r.body_text()))
+        }
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return if allow_empty {
+            Ok(None)
+        } else {
+            Err(Error::BadRequest("request body is empty; expected a JSON object".into()))
+        };
+    }
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        if !(essence == "application/json" || essence.ends_with("+json")) {
+            return Err(Error::UnsupportedMediaType);
+        }
+    }
+    serde_json::from_slice::<T>(&body).map(Some).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => Error::Unprocessable(format!("invalid request: {e}")),
+        _ => Error::BadRequest(format!("malformed JSON: {e}")),
+    })
+}
+
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Error> {
+    let Some(token) = &state.token else { return Ok(()) };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        Ok(())
+    } else {
+        Err(Error::Unauthorized)
+    }
+}
+
+/// `GET /health`.
+#[derive(Debug, Serialize)]
+pub struct Health {
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub cell_id: String,
+    pub peer_id: String,
+    pub branch: String,
+    pub consciousness_level: f64,
+    /// Connected cells.
+    pub peers: usize,
+    pub peers_alive: usize,
+    pub peers_failed: usize,
+    pub peers_left: usize,
+    pub network_level: f64,
+    pub version: &'static str,
+    pub uptime_seconds: u64,
+    pub listen_addrs: Vec<String>,
+    pub vault_addr: Option<String>,
+    pub prometheus_addr: Option<String>,
+}
+
+pub(super) async fn health(State(state): State<AppState>) -> Json<Health> {
+    let snap = state.handle.snapshot();
+    Json(Health {
+        status: if snap.degraded.is_some() { "degraded" } else { "healthy" },
+        reason: snap.degraded.clone(),
+        cell_id: snap.local.cell_id.clone(),
+        peer_id: snap.local.peer_id.clone(),
+        branch: snap.local.branch.clone(),
+        consciousness_level: snap.local.consciousness_level,
+        peers: snap.connected(),
+        peers_alive: snap.count(PeerState::Alive),
+        peers_failed: snap.count(PeerState::Failed),
+        peers_left: snap.count(PeerState::Left),
+        network_level: snap.network_level(),
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: state.started.elapsed().as_secs(),
+        listen_addrs: snap.local.listen_addrs.clone(),
+        vault_addr: state.vault_addr.clone(),
+        prometheus_addr: state.prometheus_addr.clone(),
+    })
+}
+
+/// `GET /peers`.
+#[derive(Debug, Serialize)]
+pub struct Peers {
+    pub cell_id: String,
+    pub peer_id: String,
+    pub count: usize,
+    pub peers: Vec<PeerEntry>,
+}
+
+pub(super) async fn peers(State(state): State<AppState>) -> Json<Peers> {
+    let snap = state.handle.snapshot();
+    Json(Peers {
+        cell_id: snap.local.cell_id.clone(),
+        peer_id: snap.local.peer_id.clone(),
+        count: snap.peers.len(),
+        peers: snap.peers.clone(),
+    })
+}
+
+/// `POST /register` body, as the seed's discovery script sends it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterBody {
+    pub cell_id: String,
+    /// IP or host name of the cell to dial.
+    pub ip: String,
+    /// The cell's HTTP port (informational: cells talk libp2p elsewhere).
+    pub port: u16,
+    /// Where its libp2p listens, if not `/ip4/<ip>/tcp/<p2p_port>`.
+    #[serde(default)]
+    pub multiaddr: Option<String>,
+    /// Its libp2p port, 8001 when left out.
+    #[serde(default)]
+    pub p2p_port: Option<u16>,
+}
+
+fn valid_host(h: &str) -> bool {
+    h.parse::<IpAddr>().is_ok()
+        || (!h.is_empty()
+            && h.len() <= 253
+            && h.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            }))
+}
+
+pub(super) async fn register(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, Error> {
+    authorize(&state, &headers)?;
+    let Some(b) = parse_body::<RegisterBody>(&headers, body, false)? else {
+        return Err(Error::BadRequest("request body is empty".into()));
+    };
+    if b.cell_id.trim().is_empty() || b.cell_id.chars().count() > 128 {
+        return Err(Error::Unprocessable("cell_id must be 1-128 characters".into()));
+    }
+    if b.port == 0 || b.p2p_port == Some(0) {
+        return Err(Error::Unprocessable("ports must be 1-65535".into()));
+    }
+    let ip = b.ip.trim();
+    if !valid_host(ip) {
+        return Err(Error::Unprocessable(format!(
+            "ip must be an IP address or host name, got {:?}",
+            b.ip
+        )));
+    }
+    let target = match &b.multiaddr {
+        Some(m) => RegisterTarget::Multiaddr(
+            m.parse()
+                .map_err(|e| Error::Unprocessable(format!("multiaddr {m:?} is invalid: {e}")))?,
+        ),
+        None => RegisterTarget::Host {
+            host: ip.to_owned(),
+            port: b.p2p_port.unwrap_or(crate::config::DEFAULT_P2P_PORT),
+        },
+    };
+    let out = state.handle.register(target).await?;
+    if out.cell_id != b.cell_id {
+        tracing::info!(
+            asked = b.cell_id,
+            answered = out.cell_id,
+            "registered cell reports another cell_id"
+        );
+    }
+    Ok(Json(json!({
+        "status": "registered",
+        "registered_cell_id": b.cell_id,
+        "peer": out,
+    })))
+}
+
+/// `POST /sync-consciousness` body (optional).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncBody {
+    #[serde(default)]
+    pub level: Option<f64>,
+    /// Free-form context, logged.
+    #[serde(default)]
+    pub context: Option<serde_json::Map<String, Value>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SyncReply {
+    pub status: &'static str,
+    pub cell_id: String,
+    /// The cell's level now (what the seed's extension shows).
+    pub level: f64,
+    #[serde(flatten)]
+    pub outcome: SyncOutcome,
+}
+
+pub(super) async fn sync(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SyncReply>, Error> {
+    authorize(&state, &headers)?;
+    let body = parse_body::<SyncBody>(&headers, body, true)?;
+    let level = match body.as_ref().and_then(|b| b.level) {
+        Some(l) => Some(validate_level(l).map_err(|e| Error::Unprocessable(e.to_string()))?),
+        None => None,
+    };
+    if let Some(ctx) = body.as_ref().and_then(|b| b.context.as_ref()) {
+        let context = Value::Object(ctx.clone()).to_string();
+        tracing::info!(context, "sync context");
+    }
+    let outcome = state.handle.sync(level).await?;
+    Ok(Json(SyncReply {
+        status: "synced",
+        cell_id: state.handle.snapshot().local.cell_id.clone(),
+        level: outcome.new_level,
+        outcome,
+    }))
+}

@@ -1,0 +1,170 @@
+//! aios-cell: every machine on a LAN an equal cell of one mesh.
+//!
+//! - [`config`]: defaults < TOML file < `AIOS_*` environment < flags, one [`Config`].
+//! - [`identity`]: the persistent ed25519 key, so the peer id survives restarts.
+//! - [`network`]: the libp2p swarm (mDNS, gossipsub, request-response,
+//!   identify, ping) in one event loop, reached through a cloneable [`Handle`].
+//! - [`mesh`]: the table of known cells and how updates merge into it.
+//! - [`api`]: the HTTP API (axum) the seed's clients call.
+//! - [`metrics`]: one prometheus-client registry, served on `/metrics`.
+//! - [`client`]: the `health`, `peers` and `sync` verbs against a running cell.
+//!
+//! [`Cell::start`] runs a whole cell on already-resolved config; the binary
+//! only parses flags, sets up logging and waits for a signal.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod identity;
+pub mod mesh;
+pub mod metrics;
+pub mod network;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use prometheus_client::registry::Registry;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use network::Handle;
+
+/// How long [`Cell::shutdown`] lets in-flight HTTP requests finish.
+const HTTP_DRAIN: Duration = Duration::from_secs(2);
+
+/// Errors starting a cell.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    #[error(transparent)]
+    Network(#[from] network::NetworkError),
+    #[error("cannot bind the {what} on {addr}: {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+}
+
+/// A running cell: its swarm, HTTP API and metrics server.
+pub struct Cell {
+    peer_id: PeerId,
+    http_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    handle: Handle,
+    shutdown: CancellationToken,
+    network: JoinHandle<()>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, source })
+}
+
+impl Cell {
+    /// Starts a cell: loads (or makes) its identity, binds the HTTP and
+    /// metrics ports, starts listening on libp2p, and spawns the tasks.
+    pub async fn start(config: Config) -> Result<Cell, Error> {
+        let key = identity::load_or_create(&config.data_dir)?;
+        let peer_id = key.public().to_peer_id();
+        let http = bind("HTTP API", config.http_addr).await?;
+        let metrics_listener = bind("metrics server", config.metrics_addr).await?;
+        let http_addr = http.local_addr().map_err(|source| Error::Bind {
+            what: "HTTP API",
+            addr: config.http_addr,
+            source,
+        })?;
+        let metrics_addr = metrics_listener.local_addr().map_err(|source| Error::Bind {
+            what: "metrics server",
+            addr: config.metrics_addr,
+            source,
+        })?;
+
+        let mut registry = Registry::default();
+        let cell_metrics = metrics::CellMetrics::register(&mut registry);
+        let swarm = network::behaviour::build_swarm(key, &config, &mut registry)?;
+        let p2p_metrics = libp2p::metrics::Metrics::new(&mut registry);
+        let (event_loop, handle) =
+            network::EventLoop::new(swarm, &config, cell_metrics.clone(), p2p_metrics)?;
+        let registry = Arc::new(registry);
+
+        let shutdown = CancellationToken::new();
+        let network = tokio::spawn(event_loop.run(shutdown.clone()));
+
+        let state = api::AppState {
+            handle: handle.clone(),
+            started: Instant::now(),
+            token: config.api_token.as_deref().map(Arc::from),
+            vault_addr: config.vault_addr.clone(),
+            prometheus_addr: config.prometheus_addr.clone(),
+        };
+        let app = api::router(state, cell_metrics);
+        let metrics_app = metrics::router(registry);
+        let mut servers = Vec::new();
+        for (what, listener, app) in
+            [("HTTP API", http, app), ("metrics", metrics_listener, metrics_app)]
+        {
+            let token = shutdown.clone();
+            servers.push(tokio::spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { token.cancelled().await });
+                if let Err(e) = served.await {
+                    tracing::error!(what, error = %e, "server stopped");
+                }
+            }));
+        }
+        tracing::info!(%peer_id, cell_id = config.cell_id, %http_addr, %metrics_addr, "cell started");
+        Ok(Cell { peer_id, http_addr, metrics_addr, handle, shutdown, network, servers })
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Where the HTTP API listens (the real port when 0 was asked for).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// A token that stops the cell when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Shuts down cleanly: tells the mesh it is leaving, stops accepting,
+    /// lets in-flight requests finish, and returns.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        if let Err(e) = self.network.await {
+            tracing::error!(error = %e, "network task ended badly");
+        }
+        for s in self.servers {
+            if tokio::time::timeout(HTTP_DRAIN, s).await.is_err() {
+                tracing::warn!("HTTP requests still running at shutdown were cut off");
+            }
+        }
+        tracing::info!("cell stopped");
+    }
+
+    /// Stops the cell abruptly, as a crash would: no leave notice.
+    pub fn kill(self) {
+        self.network.abort();
+        for s in self.servers {
+            s.abort();
+        }
+    }
+
+    /// Waits until the shutdown token is cancelled, then shuts down cleanly.
+    pub async fn run_until_cancelled(self) {
+        self.shutdown.cancelled().await;
+        self.shutdown().await;
+    }
+}

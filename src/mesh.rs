@@ -1,0 +1,427 @@
+//! The mesh view: one table of every known cell, keyed by peer id, and the
+//! rules for merging what the network tells us into it.
+//!
+//! The event loop owns the table and publishes an immutable [`Snapshot`] of it
+//! through a `watch` channel; HTTP and metrics read that snapshot.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use libp2p::{Multiaddr, PeerId};
+use serde::Serialize;
+
+use crate::network::protocol::CellRecord;
+
+/// How we first learned of a cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FoundBy {
+    /// Our mDNS heard it.
+    Mdns,
+    /// `POST /register` named it.
+    Register,
+    /// It is in the configured peers (`AIOS_NETWORK_PEERS`).
+    Config,
+    /// It dialed us without our discovering it (a js-libp2p peer, say).
+    Inbound,
+    /// Another cell told us about it (gossip or a record exchange).
+    Gossip,
+}
+
+/// What we believe about a cell's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    Alive,
+    /// Its connection dropped or stopped answering, without a leave notice.
+    Failed,
+    /// It told us it was shutting down.
+    Left,
+}
+
+impl PeerState {
+    pub const ALL: [PeerState; 3] = [PeerState::Alive, PeerState::Failed, PeerState::Left];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Alive => "alive",
+            PeerState::Failed => "failed",
+            PeerState::Left => "left",
+        }
+    }
+}
+
+/// One row of the table, as `GET /peers` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerEntry {
+    pub peer_id: String,
+    /// Unknown until the cell's first record arrives.
+    pub cell_id: Option<String>,
+    pub branch: Option<String>,
+    pub consciousness_level: Option<f64>,
+    /// Sequence number of the newest record merged.
+    pub seq: u64,
+    pub addresses: Vec<String>,
+    pub found_by: FoundBy,
+    pub connected: bool,
+    pub state: PeerState,
+    /// Last ping round trip, milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Last time we heard from or about it, Unix milliseconds.
+    pub last_seen_ms: u64,
+    pub agent: Option<String>,
+}
+
+/// Result of merging a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merge {
+    /// A cell we did not know.
+    New,
+    /// A newer record of a known cell.
+    Updated,
+    /// Same or older `seq` than what we have: ignored.
+    Stale,
+}
+
+/// A state change worth telling the log (and, later, event subscribers).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub peer: PeerId,
+    pub from: Option<PeerState>,
+    pub to: PeerState,
+}
+
+/// The table of known cells.
+#[derive(Debug, Default)]
+pub struct MeshView {
+    peers: BTreeMap<PeerId, Row>,
+}
+
+#[derive(Debug, Clone)]
+struct Row {
+    entry: PeerEntry,
+    addrs: BTreeSet<Multiaddr>,
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl MeshView {
+    fn row(&mut self, peer: PeerId, found: FoundBy) -> &mut Row {
+        self.peers.entry(peer).or_insert_with(|| Row {
+            entry: PeerEntry {
+                peer_id: peer.to_base58(),
+                cell_id: None,
+                branch: None,
+                consciousness_level: None,
+                seq: 0,
+                addresses: Vec::new(),
+                found_by: found,
+                connected: false,
+                state: PeerState::Alive,
+                rtt_ms: None,
+                last_seen_ms: now_ms(),
+                agent: None,
+            },
+            addrs: BTreeSet::new(),
+        })
+    }
+
+    fn set_state(row: &mut Row, peer: PeerId, to: PeerState) -> Option<Transition> {
+        let from = row.entry.state;
+        row.entry.state = to;
+        (from != to).then_some(Transition { peer, from: Some(from), to })
+    }
+
+    /// Notes a peer we learned of but have not heard from (mDNS, config).
+    /// Returns true when it was not in the table.
+    pub fn discovered(&mut self, peer: PeerId, addrs: &[Multiaddr], found: FoundBy) -> bool {
+        let known = self.peers.contains_key(&peer);
+        let row = self.row(peer, found);
+        row.addrs.extend(addrs.iter().cloned());
+        !known
+    }
+
+    /// A connection to `peer` is up: it is alive.
+    pub fn connected(
+        &mut self,
+        peer: PeerId,
+        addr: Option<&Multiaddr>,
+        found: FoundBy,
+    ) -> Option<Transition> {
+        let known = self.peers.contains_key(&peer);
+        let row = self.row(peer, found);
+        row.entry.connected = true;
+        row.entry.last_seen_ms = now_ms();
+        if let Some(a) = addr {
+            row.addrs.insert(a.clone());
+        }
+        if !known {
+            return Some(Transition { peer, from: None, to: PeerState::Alive });
+        }
+        Self::set_state(row, peer, PeerState::Alive)
+    }
+
+    /// The last connection to `peer` closed. Unless it said it was leaving,
+    /// it failed.
+    pub fn disconnected(&mut self, peer: PeerId) -> Option<Transition> {
+        let row = self.peers.get_mut(&peer)?;
+        row.entry.connected = false;
+        if row.entry.state == PeerState::Left {
+            return None;
+        }
+        Self::set_state(row, peer, PeerState::Failed)
+    }
+
+    /// `peer` stopped answering (ping failed, dial failed): failed, unless it left.
+    pub fn unreachable(&mut self, peer: PeerId) -> Option<Transition> {
+        let row = self.peers.get_mut(&peer)?;
+        if row.entry.state == PeerState::Left {
+            return None;
+        }
+        Self::set_state(row, peer, PeerState::Failed)
+    }
+
+    /// A ping answered.
+    pub fn rtt(&mut self, peer: PeerId, rtt: Duration) {
+        if let Some(row) = self.peers.get_mut(&peer) {
+            row.entry.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+            row.entry.last_seen_ms = now_ms();
+        }
+    }
+
+    /// Identify told us the peer's agent and listen addresses.
+    pub fn identified(&mut self, peer: PeerId, agent: &str, addrs: &[Multiaddr]) {
+        if let Some(row) = self.peers.get_mut(&peer) {
+            row.entry.agent = Some(agent.to_owned());
+            row.addrs.extend(addrs.iter().cloned());
+        }
+    }
+
+    /// Merges a record authored by `peer`. A newer `seq` wins; the same or an
+    /// older one is ignored. `direct` says the author itself sent it (gossip
+    /// source or request-response peer) rather than a third party.
+    pub fn merge(
+        &mut self,
+        peer: PeerId,
+        record: &CellRecord,
+        found: FoundBy,
+        direct: bool,
+    ) -> (Merge, Option<Transition>) {
+        let known = self.peers.contains_key(&peer);
+        let row = self.row(peer, found);
+        if known && record.seq <= row.entry.seq {
+            return (Merge::Stale, None);
+        }
+        row.entry.cell_id = Some(record.cell_id.clone());
+        row.entry.branch = Some(record.branch.clone());
+        row.entry.consciousness_level = Some(record.level);
+        row.entry.seq = record.seq;
+        row.addrs.extend(record.addrs.iter().filter_map(|a| a.parse().ok()));
+        if direct && !record.agent.is_empty() {
+            row.entry.agent = Some(record.agent.clone());
+        }
+        row.entry.last_seen_ms = now_ms();
+        let to = if record.leaving {
+            PeerState::Left
+        } else if direct || row.entry.connected {
+            PeerState::Alive
+        } else {
+            // A third party's news of a cell we are not connected to does not
+            // prove it is alive now; keep what we believed (new rows start alive
+            // and get dialed, which settles it).
+            row.entry.state
+        };
+        let t = Self::set_state(row, peer, to);
+        let merge = if known { Merge::Updated } else { Merge::New };
+        let t = if known { t } else { Some(Transition { peer, from: None, to }) };
+        (merge, t)
+    }
+
+    /// Records for the peers we believe alive, for a record exchange.
+    pub fn alive_records(&self) -> impl Iterator<Item = (PeerId, CellRecord)> + '_ {
+        self.peers.iter().filter_map(|(peer, row)| {
+            let e = &row.entry;
+            if e.state != PeerState::Alive {
+                return None;
+            }
+            Some((
+                *peer,
+                CellRecord {
+                    cell_id: e.cell_id.clone()?,
+                    level: e.consciousness_level?,
+                    branch: e.branch.clone().unwrap_or_default(),
+                    seq: e.seq,
+                    at_ms: e.last_seen_ms,
+                    addrs: row.addrs.iter().map(|a| a.to_string()).collect(),
+                    agent: e.agent.clone().unwrap_or_default(),
+                    leaving: false,
+                },
+            ))
+        })
+    }
+
+    /// Peers believed alive but not connected: candidates to dial.
+    pub fn unconnected_alive(&self) -> impl Iterator<Item = (PeerId, Vec<Multiaddr>)> + '_ {
+        self.peers
+            .iter()
+            .filter(|(_, row)| {
+                row.entry.state == PeerState::Alive && !row.entry.connected && !row.addrs.is_empty()
+            })
+            .map(|(p, row)| (*p, row.addrs.iter().cloned().collect()))
+    }
+
+    /// Addresses we know for `peer`.
+    pub fn addrs_of(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.peers.get(peer).map(|r| r.addrs.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    pub fn get(&self, peer: &PeerId) -> Option<&PeerEntry> {
+        self.peers.get(peer).map(|r| &r.entry)
+    }
+
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|r| r.entry.connected)
+    }
+
+    /// Rows as `GET /peers` shows them, sorted by peer id.
+    pub fn entries(&self) -> Vec<PeerEntry> {
+        self.peers
+            .values()
+            .map(|r| {
+                let mut e = r.entry.clone();
+                e.addresses = r.addrs.iter().map(|a| a.to_string()).collect();
+                e
+            })
+            .collect()
+    }
+}
+
+/// This cell's own state, as it publishes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LocalState {
+    pub cell_id: String,
+    pub peer_id: String,
+    pub branch: String,
+    pub consciousness_level: f64,
+    pub seq: u64,
+    pub listen_addrs: Vec<String>,
+}
+
+/// What readers see: an immutable copy made by the event loop after changes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub local: LocalState,
+    pub peers: Vec<PeerEntry>,
+    /// Set when the cell is degraded (why, and how to fix it).
+    pub degraded: Option<String>,
+}
+
+impl Snapshot {
+    pub fn count(&self, state: PeerState) -> usize {
+        self.peers.iter().filter(|p| p.state == state).count()
+    }
+
+    pub fn connected(&self) -> usize {
+        self.peers.iter().filter(|p| p.connected).count()
+    }
+
+    /// Mean level over this cell and every alive cell whose level we know.
+    pub fn network_level(&self) -> f64 {
+        let levels: Vec<f64> = std::iter::once(self.local.consciousness_level)
+            .chain(
+                self.peers
+                    .iter()
+                    .filter(|p| p.state == PeerState::Alive)
+                    .filter_map(|p| p.consciousness_level),
+            )
+            .collect();
+        levels.iter().sum::<f64>() / levels.len() as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(seq: u64, level: f64) -> CellRecord {
+        CellRecord {
+            cell_id: "c".into(),
+            level,
+            branch: "main".into(),
+            seq,
+            at_ms: 0,
+            addrs: vec!["/ip4/10.0.0.2/tcp/8001".into()],
+            agent: String::new(),
+            leaving: false,
+        }
+    }
+
+    #[test]
+    fn newer_seq_wins_and_replays_are_ignored() {
+        let mut m = MeshView::default();
+        let p = PeerId::random();
+        assert_eq!(m.merge(p, &rec(5, 0.5), FoundBy::Gossip, true).0, Merge::New);
+        assert_eq!(m.merge(p, &rec(6, 0.7), FoundBy::Gossip, true).0, Merge::Updated);
+        assert_eq!(m.merge(p, &rec(6, 0.9), FoundBy::Gossip, true).0, Merge::Stale);
+        assert_eq!(m.merge(p, &rec(3, 0.1), FoundBy::Gossip, true).0, Merge::Stale);
+        assert_eq!(m.get(&p).unwrap().consciousness_level, Some(0.7));
+        assert_eq!(m.get(&p).unwrap().addresses.len(), 0, "rows hold addrs apart");
+        assert_eq!(m.entries()[0].addresses, vec!["/ip4/10.0.0.2/tcp/8001".to_string()]);
+    }
+
+    #[test]
+    fn dropped_connection_fails_but_leave_stays_left() {
+        let mut m = MeshView::default();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        m.connected(a, None, FoundBy::Mdns);
+        m.connected(b, None, FoundBy::Mdns);
+        m.merge(a, &rec(1, 0.5), FoundBy::Mdns, true);
+        let t = m.disconnected(b).unwrap();
+        assert_eq!(t.to, PeerState::Failed);
+        let mut leave = rec(2, 0.5);
+        leave.leaving = true;
+        m.merge(a, &leave, FoundBy::Mdns, true);
+        assert_eq!(m.disconnected(a), None);
+        assert_eq!(m.get(&a).unwrap().state, PeerState::Left);
+        // Back again after a restart: alive.
+        m.connected(a, None, FoundBy::Mdns);
+        assert_eq!(m.get(&a).unwrap().state, PeerState::Alive);
+    }
+
+    #[test]
+    fn third_party_news_does_not_revive_a_failed_cell() {
+        let mut m = MeshView::default();
+        let p = PeerId::random();
+        m.connected(p, None, FoundBy::Mdns);
+        m.disconnected(p);
+        m.merge(p, &rec(9, 1.0), FoundBy::Gossip, false);
+        assert_eq!(m.get(&p).unwrap().state, PeerState::Failed);
+        m.merge(p, &rec(10, 1.0), FoundBy::Gossip, true);
+        assert_eq!(m.get(&p).unwrap().state, PeerState::Alive);
+    }
+
+    #[test]
+    fn network_level_is_the_mean_over_live_cells() {
+        let mut m = MeshView::default();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        m.merge(a, &rec(1, 1.0), FoundBy::Gossip, true);
+        m.merge(b, &rec(1, 4.0), FoundBy::Gossip, true);
+        m.disconnected(b);
+        let s = Snapshot {
+            local: LocalState {
+                cell_id: "me".into(),
+                peer_id: String::new(),
+                branch: "main".into(),
+                consciousness_level: 0.0,
+                seq: 1,
+                listen_addrs: vec![],
+            },
+            peers: m.entries(),
+            degraded: None,
+        };
+        assert_eq!(s.network_level(), 0.5);
+    }
+}

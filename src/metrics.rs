@@ -1,0 +1,219 @@
+//! One prometheus-client registry for libp2p's own metrics and ours, served
+//! as OpenMetrics text on `GET /metrics`.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::mesh::{PeerState, Snapshot};
+
+/// OpenMetrics content type, as Prometheus asks for it.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CellLabel {
+    pub cell_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InfoLabels {
+    pub cell_id: String,
+    pub branch: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistrationLabels {
+    /// `inbound` (a peer asked us) or `outbound` (we asked a peer).
+    pub direction: &'static str,
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: &'static str,
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpRouteLabels {
+    pub method: &'static str,
+    pub route: String,
+}
+
+/// Our own metrics. Cloning shares the underlying counters.
+#[derive(Clone, Debug)]
+pub struct CellMetrics {
+    pub level: Family<CellLabel, Gauge<f64, AtomicU64>>,
+    pub info: Family<InfoLabels, Gauge>,
+    pub peers: Family<StateLabel, Gauge>,
+    pub connected_peers: Gauge,
+    pub gossip_sent: Counter,
+    pub gossip_received: Counter,
+    pub gossip_rejected: Family<ReasonLabel, Counter>,
+    pub registrations: Family<RegistrationLabels, Counter>,
+    pub dropped_notifications: Counter,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Family<HttpRouteLabels, Histogram>,
+}
+
+impl CellMetrics {
+    /// Creates our metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = CellMetrics {
+            level: Family::default(),
+            info: Family::default(),
+            peers: Family::default(),
+            connected_peers: Gauge::default(),
+            gossip_sent: Counter::default(),
+            gossip_received: Counter::default(),
+            gossip_rejected: Family::default(),
+            registrations: Family::default(),
+            dropped_notifications: Counter::default(),
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 4.0, 10))
+            }),
+        };
+        registry.register(
+            "aios_consciousness_level",
+            "Consciousness level of every known cell (this one included)",
+            m.level.clone(),
+        );
+        registry.register("aios_cell_info", "This cell's id, branch and version", m.info.clone());
+        registry.register("aios_peers", "Known cells by state", m.peers.clone());
+        registry.register(
+            "aios_connected_peers",
+            "Cells with an open connection",
+            m.connected_peers.clone(),
+        );
+        registry.register(
+            "aios_gossip_messages_sent",
+            "Records this cell published",
+            m.gossip_sent.clone(),
+        );
+        registry.register(
+            "aios_gossip_messages_received",
+            "Valid records received by gossip",
+            m.gossip_received.clone(),
+        );
+        registry.register(
+            "aios_gossip_messages_rejected",
+            "Gossip messages refused, by reason",
+            m.gossip_rejected.clone(),
+        );
+        registry.register(
+            "aios_registrations",
+            "Record exchanges on /aios/register/1.0.0",
+            m.registrations.clone(),
+        );
+        registry.register(
+            "aios_dropped_notifications",
+            "Notifications the event loop dropped rather than wait for a slow reader",
+            m.dropped_notifications.clone(),
+        );
+        registry.register(
+            "aios_http_requests",
+            "HTTP requests by method, matched route and status",
+            m.http_requests.clone(),
+        );
+        registry.register_with_unit(
+            "aios_http_request_duration",
+            "HTTP request latency by method and matched route",
+            prometheus_client::registry::Unit::Seconds,
+            m.http_duration.clone(),
+        );
+        m
+    }
+
+    /// Brings the gauges in line with a new snapshot.
+    pub fn observe(&self, snap: &Snapshot) {
+        self.level.clear();
+        self.level
+            .get_or_create(&CellLabel { cell_id: snap.local.cell_id.clone() })
+            .set(snap.local.consciousness_level);
+        for p in snap.peers.iter().filter(|p| p.state == PeerState::Alive) {
+            if let (Some(id), Some(level)) = (&p.cell_id, p.consciousness_level) {
+                self.level.get_or_create(&CellLabel { cell_id: id.clone() }).set(level);
+            }
+        }
+        for s in PeerState::ALL {
+            self.peers.get_or_create(&StateLabel { state: s.as_str() }).set(snap.count(s) as i64);
+        }
+        self.connected_peers.set(snap.connected() as i64);
+    }
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+/// Axum middleware: counts requests and times them, labelled by the matched
+/// route (`unmatched` for 404s, so the label set stays bounded).
+pub async fn track_http(State(m): State<CellMetrics>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = method_label(req.method());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let resp = next.run(req).await;
+    m.http_requests
+        .get_or_create(&HttpLabels { method, route: route.clone(), status: resp.status().as_u16() })
+        .inc();
+    m.http_duration
+        .get_or_create(&HttpRouteLabels { method, route })
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+/// The metrics server's router: `GET /metrics`.
+pub fn router(registry: Arc<Registry>) -> Router {
+    Router::new().route("/metrics", get(serve)).with_state(registry)
+}
+
+async fn serve(State(registry): State<Arc<Registry>>) -> Response {
+    let mut body = String::with_capacity(16 * 1024);
+    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+        Ok(()) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "encoding metrics failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed").into_response()
+        }
+    }
+}

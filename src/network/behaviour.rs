@@ -1,0 +1,121 @@
+//! The composed libp2p behaviour and how the swarm is built.
+
+use std::time::Duration;
+
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{
+    gossipsub, identify, identity::Keypair, mdns, noise, ping, tcp, yamux, StreamProtocol, Swarm,
+};
+use prometheus_client::registry::Registry;
+
+use super::protocol::{RegisterRequest, RegisterResponse, IDENTIFY_PROTOCOL, REGISTER_PROTOCOL};
+use super::NetworkError;
+use crate::config::Config;
+
+/// How long an exchange on `/aios/register/1.0.0` may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
+/// Largest gossip message (a record is at most 4 KiB; this leaves room).
+pub const MAX_GOSSIP_BYTES: usize = 16 * 1024;
+
+/// Every protocol a cell speaks.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub gossipsub: gossipsub::Behaviour,
+    pub register: request_response::cbor::Behaviour<RegisterRequest, RegisterResponse>,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// The agent string cells announce through identify.
+pub fn agent_version() -> String {
+    format!("aios-cell/{}", env!("CARGO_PKG_VERSION"))
+}
+
+fn behaviour(key: &Keypair, config: &Config) -> Result<Behaviour, NetworkError> {
+    let peer_id = key.public().to_peer_id();
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        // We decode and check every record before gossipsub forwards it, and
+        // tell it which were bad so its peer scoring can punish the sender.
+        .validate_messages()
+        .max_transmit_size(MAX_GOSSIP_BYTES)
+        .heartbeat_initial_delay(Duration::from_millis(500))
+        .build()
+        .map_err(|e| NetworkError::Behaviour(e.to_string()))?;
+    let gossipsub = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(key.clone()),
+        gossip_config,
+    )
+    .map_err(|e| NetworkError::Behaviour(e.to_string()))?;
+    let register = request_response::cbor::Behaviour::new(
+        [(StreamProtocol::new(REGISTER_PROTOCOL), ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT),
+    );
+    let identify = identify::Behaviour::new(
+        identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
+            .with_agent_version(agent_version()),
+    );
+    let ping = ping::Behaviour::new(
+        ping::Config::new()
+            .with_interval(config.tuning.ping_interval())
+            .with_timeout(config.tuning.ping_timeout()),
+    );
+    let mdns = if config.mdns {
+        let mdns_config = mdns::Config {
+            query_interval: config.tuning.mdns_query_interval(),
+            ..mdns::Config::default()
+        };
+        Some(
+            mdns::tokio::Behaviour::new(mdns_config, peer_id)
+                .map_err(|e| NetworkError::Behaviour(format!("mDNS: {e}")))?,
+        )
+    } else {
+        None
+    };
+    Ok(Behaviour { gossipsub, register, identify, ping, mdns: mdns.into() })
+}
+
+/// Builds the swarm: TCP (Noise, Yamux) and QUIC v1, bandwidth metrics in
+/// `registry`.
+pub fn build_swarm(
+    key: Keypair,
+    config: &Config,
+    registry: &mut Registry,
+) -> Result<Swarm<Behaviour>, NetworkError> {
+    let b = behaviour(&key, config)?;
+    let idle = Duration::from_secs(365 * 24 * 3600);
+    let builder = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| NetworkError::Transport(e.to_string()))?;
+    // Cells keep a connection to every other cell for as long as both run;
+    // only gossipsub's mesh peers would keep a connection alive on their own,
+    // so the idle timeout is set out of the way. Duplicate connections are
+    // pruned by the event loop instead.
+    let swarm = if config.quic {
+        builder
+            .with_quic_config(|mut c| {
+                // A crashed process sends nothing over UDP: notice it after
+                // 3 s of silence instead of the 10 s default.
+                c.max_idle_timeout = 3_000;
+                c.keep_alive_interval = Duration::from_secs(1);
+                c
+            })
+            .with_bandwidth_metrics(registry)
+            .with_behaviour(|_| b)
+            .map_err(|e| NetworkError::Behaviour(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build()
+    } else {
+        builder
+            .with_bandwidth_metrics(registry)
+            .with_behaviour(|_| b)
+            .map_err(|e| NetworkError::Behaviour(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build()
+    };
+    Ok(swarm)
+}

@@ -1,0 +1,953 @@
+//! The event loop: the one task that owns the swarm. It turns swarm events
+//! into changes of the mesh view, runs commands from handles, publishes
+//! snapshots, and on shutdown tells every connected cell it is leaving.
+//!
+//! It never awaits anything but the swarm, its command channel and its
+//! timers: replies go through oneshots and snapshots through `watch`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
+use libp2p::metrics::Recorder;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{identify, mdns, ping, Multiaddr, PeerId, Swarm};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::behaviour::{agent_version, Behaviour, BehaviourEvent};
+use super::handle::{resolve, Command, CommandError, Handle, RegisterOutcome, SyncOutcome};
+use super::protocol::{
+    CellRecord, KnownCell, RegisterRequest, RegisterResponse, RequestKind, MAX_KNOWN_RECORDS, TOPIC,
+};
+use super::NetworkError;
+use crate::config::{Config, PeerAddr, DEFAULT_HTTP_PORT};
+use crate::mesh::{now_ms, FoundBy, LocalState, Merge, MeshView, PeerState, Snapshot, Transition};
+use crate::metrics::{CellMetrics, ReasonLabel, RegistrationLabels};
+
+/// Commands waiting for the loop. HTTP handlers fail fast with 503 when it
+/// is full rather than queue without bound.
+pub(crate) const COMMAND_CHANNEL: usize = 256;
+/// How often the loop reconciles: redials, prunes duplicate connections,
+/// publishes RTT changes.
+const TICK: Duration = Duration::from_millis(500);
+/// How long shutdown waits for cells to acknowledge the leave notice.
+const LEAVE_WAIT: Duration = Duration::from_millis(1000);
+/// Redial backoff for failed or configured peers.
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+const CONFIG_RETRY_MAX: Duration = Duration::from_secs(30);
+/// A failed cell is redialed for this long, then forgotten until it shows up.
+const RETRY_GIVE_UP: Duration = Duration::from_secs(600);
+
+/// A dial we started and want to hear back from.
+struct PendingDial {
+    origin: FoundBy,
+    reply: Option<oneshot::Sender<Result<RegisterOutcome, CommandError>>>,
+    config_index: Option<usize>,
+    addr: Option<Multiaddr>,
+}
+
+/// A peer from the configuration, redialed with backoff while not connected.
+struct Configured {
+    addr: PeerAddr,
+    peer: Option<PeerId>,
+    dialing: bool,
+    next_attempt: Instant,
+    backoff: Duration,
+}
+
+struct Retry {
+    next: Instant,
+    backoff: Duration,
+    since: Instant,
+}
+
+/// This cell's own record state.
+struct Local {
+    cell_id: String,
+    branch: String,
+    level: f64,
+    seq: u64,
+}
+
+impl Local {
+    /// The next sequence number: one more than the last, and at least the
+    /// clock in ms, so a restarted cell's records still beat its old ones.
+    fn bump(&mut self) -> u64 {
+        self.seq = (self.seq + 1).max(now_ms());
+        self.seq
+    }
+}
+
+/// Owns the swarm; run it with [`EventLoop::run`].
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    handle: Handle,
+    snapshot_tx: watch::Sender<Arc<Snapshot>>,
+    mesh: MeshView,
+    local: Local,
+    local_peer: PeerId,
+    listen_addrs: Vec<Multiaddr>,
+    topic: IdentTopic,
+    topic_hash: TopicHash,
+    metrics: CellMetrics,
+    p2p_metrics: libp2p::metrics::Metrics,
+    pending_dials: HashMap<ConnectionId, PendingDial>,
+    pending_hello:
+        HashMap<OutboundRequestId, oneshot::Sender<Result<RegisterOutcome, CommandError>>>,
+    pending_leave: HashMap<OutboundRequestId, PeerId>,
+    conns: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
+    retry: HashMap<PeerId, Retry>,
+    configured: Vec<Configured>,
+    heartbeat: Duration,
+    dirty: bool,
+    soft_dirty: bool,
+}
+
+impl EventLoop {
+    /// Starts listening and returns the loop and a handle to it.
+    pub fn new(
+        mut swarm: Swarm<Behaviour>,
+        config: &Config,
+        metrics: CellMetrics,
+        p2p_metrics: libp2p::metrics::Metrics,
+    ) -> Result<(EventLoop, Handle), NetworkError> {
+        let ip = match config.p2p_ip {
+            std::net::IpAddr::V4(v4) => Protocol::Ip4(v4),
+            std::net::IpAddr::V6(v6) => Protocol::Ip6(v6),
+        };
+        let tcp = Multiaddr::empty().with(ip.clone()).with(Protocol::Tcp(config.p2p_port));
+        swarm
+            .listen_on(tcp.clone())
+            .map_err(|e| NetworkError::Listen { addr: tcp.to_string(), reason: e.to_string() })?;
+        if config.quic {
+            let quic = Multiaddr::empty()
+                .with(ip)
+                .with(Protocol::Udp(config.p2p_port))
+                .with(Protocol::QuicV1);
+            swarm.listen_on(quic.clone()).map_err(|e| NetworkError::Listen {
+                addr: quic.to_string(),
+                reason: e.to_string(),
+            })?;
+        }
+        let topic = IdentTopic::new(TOPIC);
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic)
+            .map_err(|e| NetworkError::Subscribe(e.to_string()))?;
+        let local_peer = *swarm.local_peer_id();
+        let local = Local {
+            cell_id: config.cell_id.clone(),
+            branch: config.branch.clone(),
+            level: config.consciousness_level,
+            seq: now_ms(),
+        };
+        let (tx, commands) = mpsc::channel(COMMAND_CHANNEL);
+        let first = Arc::new(Snapshot {
+            local: LocalState {
+                cell_id: local.cell_id.clone(),
+                peer_id: local_peer.to_base58(),
+                branch: local.branch.clone(),
+                consciousness_level: local.level,
+                seq: local.seq,
+                listen_addrs: Vec::new(),
+            },
+            peers: Vec::new(),
+            degraded: None,
+        });
+        metrics.observe(&first);
+        metrics
+            .info
+            .get_or_create(&crate::metrics::InfoLabels {
+                cell_id: local.cell_id.clone(),
+                branch: local.branch.clone(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        let (snapshot_tx, snapshot_rx) = watch::channel(first);
+        let handle = Handle::new(tx, snapshot_rx, config.tuning.command_timeout());
+        let now = Instant::now();
+        let configured = config
+            .peers
+            .iter()
+            .map(|addr| Configured {
+                addr: addr.clone(),
+                peer: None,
+                dialing: false,
+                next_attempt: now,
+                backoff: RETRY_MIN,
+            })
+            .collect();
+        let topic_hash = topic.hash();
+        Ok((
+            EventLoop {
+                swarm,
+                commands,
+                handle: handle.clone(),
+                snapshot_tx,
+                mesh: MeshView::default(),
+                local,
+                local_peer,
+                listen_addrs: Vec::new(),
+                topic,
+                topic_hash,
+                metrics,
+                p2p_metrics,
+                pending_dials: HashMap::new(),
+                pending_hello: HashMap::new(),
+                pending_leave: HashMap::new(),
+                conns: HashMap::new(),
+                retry: HashMap::new(),
+                configured,
+                heartbeat: config.tuning.heartbeat(),
+                dirty: true,
+                soft_dirty: false,
+            },
+            handle,
+        ))
+    }
+
+    /// Runs until `shutdown` fires, then announces leaving and returns.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat = tokio::time::interval(self.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(cmd) = self.commands.recv() => self.on_command(cmd),
+                _ = tick.tick() => self.on_tick(),
+                _ = heartbeat.tick() => { self.publish_own("heartbeat"); }
+            }
+            if self.dirty {
+                self.publish_snapshot();
+            }
+        }
+        self.leave().await;
+    }
+
+    // ---- commands -------------------------------------------------------
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::SetLevel { level, reply } => {
+                let old = self.local.level;
+                if let Some(l) = level {
+                    self.local.level = l;
+                }
+                let reached = self.publish_own("sync");
+                self.dirty = true;
+                self.publish_snapshot();
+                let snap = self.snapshot_tx.borrow().clone();
+                let _ = reply.send(SyncOutcome {
+                    old_level: old,
+                    new_level: self.local.level,
+                    network_level: snap.network_level(),
+                    reached,
+                    seq: self.local.seq,
+                });
+            }
+            Command::Register { addr, reply } => {
+                let opts =
+                    DialOpts::unknown_peer_id().address(addr.clone()).allocate_new_port().build();
+                let id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.pending_dials.insert(
+                            id,
+                            PendingDial {
+                                origin: FoundBy::Register,
+                                reply: Some(reply),
+                                config_index: None,
+                                addr: Some(addr),
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(CommandError::Unreachable(format!(
+                            "cannot dial {addr}: {e}"
+                        ))));
+                    }
+                }
+            }
+            Command::DialConfigured { index, addrs } => {
+                let Some(c) = self.configured.get_mut(index) else { return };
+                if addrs.is_empty() {
+                    c.dialing = false;
+                    return;
+                }
+                let addr = addrs[0].clone();
+                let opts = match c.peer.or_else(|| peer_of(&addr)) {
+                    Some(p) => DialOpts::peer_id(p)
+                        .addresses(addrs)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .allocate_new_port()
+                        .build(),
+                    None => DialOpts::unknown_peer_id()
+                        .address(addr.clone())
+                        .allocate_new_port()
+                        .build(),
+                };
+                let id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.pending_dials.insert(
+                            id,
+                            PendingDial {
+                                origin: FoundBy::Config,
+                                reply: None,
+                                config_index: Some(index),
+                                addr: Some(addr),
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %c.addr, error = %e, "not dialing configured peer");
+                        c.dialing = false;
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- own record -----------------------------------------------------
+
+    fn own_record(&self, leaving: bool) -> CellRecord {
+        CellRecord {
+            cell_id: self.local.cell_id.clone(),
+            level: self.local.level,
+            branch: self.local.branch.clone(),
+            seq: self.local.seq,
+            at_ms: now_ms(),
+            addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+            agent: agent_version(),
+            leaving,
+        }
+    }
+
+    /// Publishes this cell's record with a new `seq`; returns how many cells
+    /// it was sent to.
+    fn publish_own(&mut self, why: &str) -> usize {
+        self.local.bump();
+        let data = self.own_record(false).to_cbor();
+        let reached = self.topic_peers();
+        match self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), data) {
+            Ok(_) => {
+                self.metrics.gossip_sent.inc();
+                tracing::debug!(why, seq = self.local.seq, reached, "published record");
+                reached
+            }
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => 0,
+            Err(e) => {
+                tracing::warn!(why, error = %e, "publishing record failed");
+                0
+            }
+        }
+    }
+
+    fn topic_peers(&self) -> usize {
+        self.swarm
+            .behaviour()
+            .gossipsub
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&&self.topic_hash))
+            .count()
+    }
+
+    fn known_for(&self, exclude: PeerId) -> Vec<KnownCell> {
+        self.mesh
+            .alive_records()
+            .filter(|(p, _)| *p != exclude)
+            .take(MAX_KNOWN_RECORDS)
+            .map(|(p, record)| KnownCell { peer_id: p.to_base58(), record })
+            .collect()
+    }
+
+    // ---- snapshot -------------------------------------------------------
+
+    fn publish_snapshot(&mut self) {
+        self.dirty = false;
+        self.soft_dirty = false;
+        let snap = Snapshot {
+            local: LocalState {
+                cell_id: self.local.cell_id.clone(),
+                peer_id: self.local_peer.to_base58(),
+                branch: self.local.branch.clone(),
+                consciousness_level: self.local.level,
+                seq: self.local.seq,
+                listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+            },
+            peers: self.mesh.entries(),
+            degraded: None,
+        };
+        self.metrics.observe(&snap);
+        self.snapshot_tx.send_replace(Arc::new(snap));
+    }
+
+    fn log_transition(&self, t: &Transition) {
+        let cell = self.mesh.get(&t.peer).and_then(|e| e.cell_id.clone()).unwrap_or_default();
+        match (t.from, t.to) {
+            (None, _) => tracing::info!(peer = %t.peer, cell, "cell joined"),
+            (_, PeerState::Alive) => tracing::info!(peer = %t.peer, cell, "cell is back"),
+            (_, PeerState::Failed) => tracing::warn!(peer = %t.peer, cell, "cell failed"),
+            (_, PeerState::Left) => tracing::info!(peer = %t.peer, cell, "cell left"),
+        }
+    }
+
+    fn transition(&mut self, t: Option<Transition>) {
+        if let Some(t) = t {
+            self.log_transition(&t);
+            self.dirty = true;
+            if t.to == PeerState::Alive {
+                self.retry.remove(&t.peer);
+            }
+        }
+    }
+
+    // ---- dialing --------------------------------------------------------
+
+    fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, origin: FoundBy) {
+        if peer == self.local_peer || self.swarm.is_connected(&peer) || addrs.is_empty() {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(prefer_tcp(addrs))
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            // Two cells that hear the same mDNS answer dial each other at once;
+            // with a reused port the kernel merges the sockets and Noise fails.
+            .allocate_new_port()
+            .build();
+        let id = opts.connection_id();
+        if self.swarm.dial(opts).is_ok() {
+            self.pending_dials
+                .insert(id, PendingDial { origin, reply: None, config_index: None, addr: None });
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        // Cells we believe alive (from mDNS or another cell's records) but are
+        // not connected to: dial them.
+        let candidates: Vec<_> = self.mesh.unconnected_alive().collect();
+        for (peer, addrs) in candidates {
+            let origin = self.mesh.get(&peer).map(|e| e.found_by).unwrap_or(FoundBy::Gossip);
+            self.dial_peer(peer, addrs, origin);
+        }
+        // Failed cells: redial with backoff for a while (heals partitions).
+        let failed: Vec<_> = self
+            .mesh
+            .entries()
+            .into_iter()
+            .filter(|e| e.state == PeerState::Failed && !e.connected)
+            .filter_map(|e| e.peer_id.parse::<PeerId>().ok())
+            .collect();
+        for peer in failed {
+            let r = self.retry.entry(peer).or_insert(Retry {
+                next: now,
+                backoff: RETRY_MIN,
+                since: now,
+            });
+            if now < r.next || now.duration_since(r.since) > RETRY_GIVE_UP {
+                continue;
+            }
+            r.next = now + r.backoff;
+            r.backoff = (r.backoff * 2).min(RETRY_MAX);
+            let addrs = self.mesh.addrs_of(&peer);
+            let origin = self.mesh.get(&peer).map(|e| e.found_by).unwrap_or(FoundBy::Gossip);
+            self.dial_peer(peer, addrs, origin);
+        }
+        // Configured peers.
+        for index in 0..self.configured.len() {
+            let c = &mut self.configured[index];
+            let connected = c.peer.is_some_and(|p| self.swarm.is_connected(&p));
+            if connected || c.dialing || now < c.next_attempt {
+                continue;
+            }
+            c.dialing = true;
+            c.next_attempt = now + c.backoff;
+            c.backoff = (c.backoff * 2).min(CONFIG_RETRY_MAX);
+            match &c.addr {
+                PeerAddr::Multiaddr(m) => {
+                    let m = m.clone();
+                    self.on_command(Command::DialConfigured { index, addrs: vec![m] });
+                }
+                PeerAddr::Host { host, port } => {
+                    let (host, port, handle) = (host.clone(), *port, self.handle.clone());
+                    tokio::spawn(async move {
+                        let addrs = match resolve(&host, port).await {
+                            Ok(a) => a,
+                            Err(e) => {
+                                tracing::warn!(peer = %host, error = %e, "configured peer does not resolve");
+                                Vec::new()
+                            }
+                        };
+                        handle.send(Command::DialConfigured { index, addrs });
+                    });
+                }
+            }
+        }
+        self.prune_duplicates();
+        if self.soft_dirty {
+            self.dirty = true;
+        }
+    }
+
+    /// Simultaneous dials leave two connections between a pair. The cell with
+    /// the smaller peer id keeps one (the one it dialed, else the oldest) and
+    /// closes the rest; both sides agree, so exactly one survives.
+    fn prune_duplicates(&mut self) {
+        let mut close = Vec::new();
+        for (peer, conns) in &self.conns {
+            if conns.len() < 2 || self.local_peer > *peer {
+                continue;
+            }
+            let keep = conns.iter().find(|(_, dialer)| *dialer).unwrap_or(&conns[0]).0;
+            close.extend(conns.iter().filter(|(c, _)| *c != keep).map(|(c, _)| *c));
+        }
+        for c in close {
+            self.swarm.close_connection(c);
+        }
+    }
+
+    // ---- swarm events ---------------------------------------------------
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.p2p_metrics.record(&event);
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => {
+                self.p2p_metrics.record(&e);
+                self.on_gossip(e);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Register(e)) => self.on_register(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => {
+                self.p2p_metrics.record(&e);
+                if let identify::Event::Received { peer_id, info, .. } = e {
+                    if info.protocol_version != super::protocol::IDENTIFY_PROTOCOL {
+                        tracing::debug!(peer = %peer_id, version = info.protocol_version, "peer speaks another identify protocol");
+                    }
+                    self.mesh.identified(peer_id, &info.agent_version, &info.listen_addrs);
+                    self.soft_dirty = true;
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => {
+                self.p2p_metrics.record(&e);
+                self.on_ping(e);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(e)) => self.on_mdns(e),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening (libp2p)");
+                if !self.listen_addrs.contains(&address) {
+                    self.listen_addrs.push(address);
+                }
+                self.dirty = true;
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| *a != address);
+                self.dirty = true;
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let pending = self.pending_dials.remove(&connection_id);
+                let origin = pending
+                    .as_ref()
+                    .map(|p| p.origin)
+                    .unwrap_or(if endpoint.is_dialer() { FoundBy::Mdns } else { FoundBy::Inbound });
+                let addr = endpoint.is_dialer().then(|| strip_p2p(endpoint.get_remote_address()));
+                let t = self.mesh.connected(peer_id, addr.as_ref(), origin);
+                self.transition(t);
+                self.conns.entry(peer_id).or_default().push((connection_id, endpoint.is_dialer()));
+                self.dirty = true;
+                let mut reply = None;
+                if let Some(p) = pending {
+                    if let Some(i) = p.config_index {
+                        if let Some(c) = self.configured.get_mut(i) {
+                            c.peer = Some(peer_id);
+                            c.dialing = false;
+                            c.backoff = RETRY_MIN;
+                            tracing::info!(peer = %c.addr, %peer_id, "connected to configured peer");
+                        }
+                    }
+                    reply = p.reply;
+                }
+                if reply.is_some() || (num_established.get() == 1 && endpoint.is_dialer()) {
+                    self.send_hello(peer_id, reply);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id, connection_id, num_established, cause, ..
+            } => {
+                if let Some(c) = self.conns.get_mut(&peer_id) {
+                    c.retain(|(id, _)| *id != connection_id);
+                    if c.is_empty() {
+                        self.conns.remove(&peer_id);
+                    }
+                }
+                if num_established == 0 {
+                    tracing::debug!(peer = %peer_id, cause = ?cause, "last connection closed");
+                    let t = self.mesh.disconnected(peer_id);
+                    self.transition(t);
+                    self.dirty = true;
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+                let reason = error.to_string();
+                if let Some(p) = self.pending_dials.remove(&connection_id) {
+                    if let Some(reply) = p.reply {
+                        let target = p.addr.map(|a| a.to_string()).unwrap_or_default();
+                        let _ = reply.send(Err(CommandError::Unreachable(with_hint(
+                            format!("cannot reach a cell at {target}: {reason}"),
+                            &target,
+                        ))));
+                    }
+                    if let Some(i) = p.config_index {
+                        if let Some(c) = self.configured.get_mut(i) {
+                            c.dialing = false;
+                            let msg = with_hint(
+                                format!("cannot reach configured peer {}: {reason}", c.addr),
+                                &c.addr.to_string(),
+                            );
+                            tracing::warn!(retry_in = ?c.backoff, "{msg}");
+                        }
+                    }
+                }
+                if let Some(peer) = peer_id {
+                    if !self.swarm.is_connected(&peer) {
+                        let t = self.mesh.unreachable(peer);
+                        self.transition(t);
+                    }
+                }
+            }
+            SwarmEvent::IncomingConnectionError { error, send_back_addr, .. } => {
+                tracing::debug!(from = %send_back_addr, error = %error, "incoming connection failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_mdns(&mut self, e: mdns::Event) {
+        match e {
+            mdns::Event::Discovered(list) => {
+                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+                for (peer, addr) in list {
+                    by_peer.entry(peer).or_default().push(addr);
+                }
+                for (peer, addrs) in by_peer {
+                    if peer == self.local_peer {
+                        continue;
+                    }
+                    tracing::debug!(%peer, ?addrs, "mDNS discovered");
+                    if self.mesh.discovered(peer, &addrs, FoundBy::Mdns) {
+                        self.dirty = true;
+                    }
+                    // Rediscovery of a failed cell: try it now.
+                    self.retry.remove(&peer);
+                    self.dial_peer(peer, addrs, FoundBy::Mdns);
+                }
+            }
+            mdns::Event::Expired(list) => {
+                for (peer, addr) in list {
+                    tracing::debug!(%peer, %addr, "mDNS record expired");
+                }
+            }
+        }
+    }
+
+    fn on_ping(&mut self, e: ping::Event) {
+        match e.result {
+            Ok(rtt) => {
+                self.mesh.rtt(e.peer, rtt);
+                self.soft_dirty = true;
+            }
+            Err(ping::Failure::Unsupported) => {}
+            Err(failure) => {
+                // A silent host: TCP would not notice for minutes. Count the
+                // peer failed now and drop the connection.
+                tracing::debug!(peer = %e.peer, %failure, "ping failed; closing connection");
+                let t = self.mesh.unreachable(e.peer);
+                self.transition(t);
+                self.swarm.close_connection(e.connection);
+            }
+        }
+    }
+
+    fn on_gossip(&mut self, e: gossipsub::Event) {
+        match e {
+            gossipsub::Event::Message { propagation_source, message_id, message } => {
+                let verdict = match (message.source, CellRecord::from_cbor(&message.data)) {
+                    (Some(source), Ok(record)) if source != self.local_peer => {
+                        self.metrics.gossip_received.inc();
+                        let (merge, t) = self.mesh.merge(source, &record, FoundBy::Gossip, true);
+                        if merge != Merge::Stale {
+                            self.dirty = true;
+                        }
+                        self.transition(t);
+                        MessageAcceptance::Accept
+                    }
+                    (Some(_), Ok(_)) => MessageAcceptance::Ignore,
+                    (None, _) => {
+                        self.metrics
+                            .gossip_rejected
+                            .get_or_create(&ReasonLabel { reason: "unsigned" })
+                            .inc();
+                        MessageAcceptance::Reject
+                    }
+                    (Some(source), Err(err)) => {
+                        tracing::debug!(%source, %err, "rejected gossip message");
+                        self.metrics
+                            .gossip_rejected
+                            .get_or_create(&ReasonLabel { reason: "invalid" })
+                            .inc();
+                        MessageAcceptance::Reject
+                    }
+                };
+                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    verdict,
+                );
+            }
+            gossipsub::Event::Subscribed { peer_id, topic } if topic == self.topic_hash => {
+                tracing::debug!(peer = %peer_id, "peer subscribed to the mesh topic");
+            }
+            _ => {}
+        }
+    }
+
+    // ---- request-response ----------------------------------------------
+
+    fn send_hello(
+        &mut self,
+        peer: PeerId,
+        reply: Option<oneshot::Sender<Result<RegisterOutcome, CommandError>>>,
+    ) {
+        let req = RegisterRequest {
+            kind: RequestKind::Hello,
+            record: self.own_record(false),
+            known: self.known_for(peer),
+        };
+        let id = self.swarm.behaviour_mut().register.send_request(&peer, req);
+        if let Some(reply) = reply {
+            self.pending_hello.insert(id, reply);
+        }
+    }
+
+    /// Merges the records in an exchange. Returns how many third-party
+    /// records came with it.
+    fn merge_exchange(
+        &mut self,
+        peer: PeerId,
+        record: &CellRecord,
+        known: &[KnownCell],
+    ) -> Result<usize, String> {
+        record.validate().map_err(|e| e.to_string())?;
+        let (merge, t) = self.mesh.merge(peer, record, FoundBy::Inbound, true);
+        if merge != Merge::Stale {
+            self.dirty = true;
+        }
+        self.transition(t);
+        let mut n = 0;
+        for k in known.iter().take(MAX_KNOWN_RECORDS) {
+            let Ok(p) = k.peer_id.parse::<PeerId>() else { continue };
+            if p == self.local_peer || p == peer || k.record.validate().is_err() {
+                continue;
+            }
+            n += 1;
+            let (merge, t) = self.mesh.merge(p, &k.record, FoundBy::Gossip, false);
+            if merge != Merge::Stale {
+                self.dirty = true;
+            }
+            self.transition(t);
+        }
+        Ok(n)
+    }
+
+    fn count_registration(&self, direction: &'static str, ok: bool) {
+        self.metrics
+            .registrations
+            .get_or_create(&RegistrationLabels {
+                direction,
+                outcome: if ok { "ok" } else { "error" },
+            })
+            .inc();
+    }
+
+    fn on_register(&mut self, e: request_response::Event<RegisterRequest, RegisterResponse>) {
+        match e {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    self.on_request(peer, request, channel)
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if self.pending_leave.remove(&request_id).is_some() {
+                        return;
+                    }
+                    let result = self.merge_exchange(peer, &response.record, &response.known);
+                    self.count_registration("outbound", result.is_ok());
+                    if let Some(reply) = self.pending_hello.remove(&request_id) {
+                        let out = match result {
+                            Ok(known_cells) => Ok(RegisterOutcome {
+                                peer_id: peer.to_base58(),
+                                cell_id: response.record.cell_id.clone(),
+                                branch: response.record.branch.clone(),
+                                consciousness_level: response.record.level,
+                                addresses: response.record.addrs.clone(),
+                                agent: response.record.agent.clone(),
+                                known_cells,
+                            }),
+                            Err(e) => Err(CommandError::Unreachable(format!(
+                                "peer {peer} sent an invalid record: {e}"
+                            ))),
+                        };
+                        let _ = reply.send(out);
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                self.pending_leave.remove(&request_id);
+                if let Some(reply) = self.pending_hello.remove(&request_id) {
+                    self.count_registration("outbound", false);
+                    let _ = reply.send(Err(CommandError::Unreachable(format!(
+                        "peer {peer} connected but did not register: {error}"
+                    ))));
+                } else {
+                    tracing::debug!(%peer, %error, "record exchange failed");
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound record exchange failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_request(
+        &mut self,
+        peer: PeerId,
+        request: RegisterRequest,
+        channel: ResponseChannel<RegisterResponse>,
+    ) {
+        match request.kind {
+            RequestKind::Hello => {
+                let ok = self.merge_exchange(peer, &request.record, &request.known);
+                if let Err(e) = &ok {
+                    tracing::debug!(%peer, error = %e, "refused a registration");
+                }
+                self.count_registration("inbound", ok.is_ok());
+                let resp = RegisterResponse {
+                    record: self.own_record(false),
+                    known: self.known_for(peer),
+                };
+                let _ = self.swarm.behaviour_mut().register.send_response(channel, resp);
+            }
+            RequestKind::Leave => {
+                let mut record = request.record;
+                record.leaving = true;
+                if record.validate().is_ok() {
+                    let (_, t) = self.mesh.merge(peer, &record, FoundBy::Inbound, true);
+                    self.transition(t);
+                    self.dirty = true;
+                }
+                let resp = RegisterResponse { record: self.own_record(false), known: Vec::new() };
+                let _ = self.swarm.behaviour_mut().register.send_response(channel, resp);
+            }
+        }
+    }
+
+    // ---- shutdown -------------------------------------------------------
+
+    /// Tells every connected cell we are leaving and waits (briefly) for
+    /// their acknowledgements, so they mark us left before our connections
+    /// drop.
+    async fn leave(mut self) {
+        self.local.bump();
+        let record = self.own_record(true);
+        let _ = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), record.to_cbor());
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in &peers {
+            let req = RegisterRequest {
+                kind: RequestKind::Leave,
+                record: record.clone(),
+                known: Vec::new(),
+            };
+            let id = self.swarm.behaviour_mut().register.send_request(peer, req);
+            self.pending_leave.insert(id, *peer);
+        }
+        tracing::info!(cells = peers.len(), "leaving the mesh");
+        let deadline = tokio::time::sleep(LEAVE_WAIT);
+        tokio::pin!(deadline);
+        while !self.pending_leave.is_empty() {
+            tokio::select! {
+                _ = &mut deadline => {
+                    tracing::warn!(unacknowledged = self.pending_leave.len(), "some cells did not acknowledge the leave");
+                    break;
+                }
+                event = self.swarm.select_next_some() => {
+                    if let SwarmEvent::Behaviour(BehaviourEvent::Register(e)) = event {
+                        self.on_register(e);
+                    }
+                }
+            }
+        }
+        for reply in self.pending_hello.drain().map(|(_, r)| r) {
+            let _ = reply.send(Err(CommandError::Stopped));
+        }
+    }
+}
+
+/// Prefer TCP addresses: a crashed peer's TCP connection closes at once,
+/// while QUIC waits for its idle timeout.
+fn prefer_tcp(addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
+    let is_tcp = |a: &Multiaddr| {
+        a.iter().any(|p| matches!(p, Protocol::Tcp(_)))
+            && !a.iter().any(|p| matches!(p, Protocol::Ws(_) | Protocol::Wss(_)))
+    };
+    if addrs.iter().any(is_tcp) {
+        addrs.into_iter().filter(is_tcp).collect()
+    } else {
+        addrs
+    }
+}
+
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}
+
+fn strip_p2p(addr: &Multiaddr) -> Multiaddr {
+    addr.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect()
+}
+
+/// Adds a hint when the target is the HTTP API's port, the usual mistake
+/// with the seed's compose file (`AIOS_NETWORK_PEERS=host:8000`).
+fn with_hint(msg: String, target: &str) -> String {
+    let http = format!("/tcp/{DEFAULT_HTTP_PORT}");
+    let http_colon = format!(":{DEFAULT_HTTP_PORT}");
+    if target.ends_with(&http)
+        || target.contains(&format!("{http}/"))
+        || target.ends_with(&http_colon)
+    {
+        format!(
+            "{msg} (port {DEFAULT_HTTP_PORT} is the cell's HTTP API; cells talk libp2p on port 8001: use host:8001 or leave the port out)"
+        )
+    } else {
+        msg
+    }
+}

@@ -1,0 +1,168 @@
+//! The cloneable handle to the event loop: cheap reads from the published
+//! snapshot, actions as commands with a oneshot reply under a timeout.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::multiaddr::Protocol;
+use libp2p::Multiaddr;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::mesh::Snapshot;
+
+/// Commands the event loop takes.
+#[derive(Debug)]
+pub enum Command {
+    /// Set the level (when given) and publish this cell's record now.
+    SetLevel { level: Option<f64>, reply: oneshot::Sender<SyncOutcome> },
+    /// Dial `addr` and exchange records with whoever answers.
+    Register { addr: Multiaddr, reply: oneshot::Sender<Result<RegisterOutcome, CommandError>> },
+    /// A configured peer's host name resolved (or not): dial these.
+    DialConfigured { index: usize, addrs: Vec<Multiaddr> },
+}
+
+/// What `POST /sync-consciousness` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncOutcome {
+    pub old_level: f64,
+    pub new_level: f64,
+    pub network_level: f64,
+    /// Cells the record was sent to directly.
+    pub reached: usize,
+    pub seq: u64,
+}
+
+/// What `POST /register` reports: the cell that answered.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegisterOutcome {
+    pub peer_id: String,
+    pub cell_id: String,
+    pub branch: String,
+    pub consciousness_level: f64,
+    pub addresses: Vec<String>,
+    pub agent: String,
+    /// How many other cells it told us about.
+    pub known_cells: usize,
+}
+
+/// Why an action failed. The API maps each to a status.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum CommandError {
+    #[error("the cell is shutting down")]
+    Stopped,
+    #[error("the cell is busy; try again")]
+    Busy,
+    #[error("the swarm did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    BadTarget(String),
+}
+
+/// Where `POST /register` should dial.
+#[derive(Debug, Clone)]
+pub enum RegisterTarget {
+    Multiaddr(Multiaddr),
+    Host { host: String, port: u16 },
+}
+
+/// Cloneable access to a running cell's network.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    timeout: Duration,
+}
+
+/// Turns an IP and TCP port into a multiaddr.
+pub fn tcp_multiaddr(ip: IpAddr, port: u16) -> Multiaddr {
+    let mut m = Multiaddr::empty();
+    m.push(match ip {
+        IpAddr::V4(v4) => Protocol::Ip4(v4),
+        IpAddr::V6(v6) => Protocol::Ip6(v6),
+    });
+    m.push(Protocol::Tcp(port));
+    m
+}
+
+/// Resolves `host:port` (names through the OS resolver, so `.local` names
+/// work where the OS resolves them) into TCP multiaddrs, IPv4 first.
+pub async fn resolve(host: &str, port: u16) -> Result<Vec<Multiaddr>, String> {
+    let mut addrs: Vec<_> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    addrs.sort_by_key(|a| !a.is_ipv4());
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err(format!("{host} has no addresses"));
+    }
+    Ok(addrs.into_iter().map(|a| tcp_multiaddr(a.ip(), a.port())).collect())
+}
+
+impl Handle {
+    pub(crate) fn new(
+        tx: mpsc::Sender<Command>,
+        snapshot: watch::Receiver<Arc<Snapshot>>,
+        timeout: Duration,
+    ) -> Self {
+        Self { tx, snapshot, timeout }
+    }
+
+    /// The latest published view of the mesh; no round trip.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// A receiver that wakes on every new snapshot.
+    pub fn watch(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.clone()
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, CommandError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.try_send(make(reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => CommandError::Busy,
+            mpsc::error::TrySendError::Closed(_) => CommandError::Stopped,
+        })?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) => Err(CommandError::Stopped),
+            Err(_) => Err(CommandError::Timeout(self.timeout)),
+        }
+    }
+
+    /// Sets the level when given and publishes this cell's record at once.
+    pub async fn sync(&self, level: Option<f64>) -> Result<SyncOutcome, CommandError> {
+        self.ask(|reply| Command::SetLevel { level, reply }).await
+    }
+
+    /// Dials a cell and exchanges records with it.
+    pub async fn register(&self, target: RegisterTarget) -> Result<RegisterOutcome, CommandError> {
+        let addr = match target {
+            RegisterTarget::Multiaddr(m) => m,
+            RegisterTarget::Host { host, port } => {
+                let resolved = tokio::time::timeout(self.timeout, resolve(&host, port))
+                    .await
+                    .map_err(|_| CommandError::Timeout(self.timeout))?
+                    .map_err(CommandError::Unreachable)?;
+                resolved
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| CommandError::Unreachable(format!("{host} has no addresses")))?
+            }
+        };
+        self.ask(|reply| Command::Register { addr, reply }).await?
+    }
+
+    /// Sends a command without waiting (used by helper tasks).
+    pub(crate) fn send(&self, cmd: Command) -> bool {
+        self.tx.try_send(cmd).is_ok()
+    }
+}

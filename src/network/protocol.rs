@@ -1,0 +1,211 @@
+//! Wire types: the gossip record on `aios/consciousness/1` and the
+//! request-response messages on `/aios/register/1.0.0` (both CBOR).
+//!
+//! `docs/protocol.md` documents these for other implementations; keep the two
+//! in step.
+
+use serde::{Deserialize, Serialize};
+
+/// Gossipsub topic every cell subscribes to.
+pub const TOPIC: &str = "aios/consciousness/1";
+/// Request-response protocol for registration, record exchange and leave.
+pub const REGISTER_PROTOCOL: &str = "/aios/register/1.0.0";
+/// Identify protocol version.
+pub const IDENTIFY_PROTOCOL: &str = "/aios/1.0.0";
+/// Largest CBOR record we publish or accept on gossip, in bytes.
+pub const MAX_RECORD_BYTES: usize = 4 * 1024;
+/// Largest number of third-party records in one exchange.
+pub const MAX_KNOWN_RECORDS: usize = 1024;
+
+/// One cell's state, as it publishes it. The author is the gossip message's
+/// signed source (or the request-response peer), never a field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellRecord {
+    /// Human name of the cell.
+    pub cell_id: String,
+    /// Consciousness level: finite and non-negative.
+    pub level: f64,
+    /// Branch the cell runs.
+    pub branch: String,
+    /// Grows with every record the cell publishes, across restarts too.
+    pub seq: u64,
+    /// When the record was made, Unix milliseconds.
+    pub at_ms: u64,
+    /// The cell's listen addresses (multiaddrs), so others can dial it.
+    #[serde(default)]
+    pub addrs: Vec<String>,
+    /// `aios-cell/<version>` of the publisher.
+    #[serde(default)]
+    pub agent: String,
+    /// True in the last record a cell sends when it shuts down cleanly.
+    #[serde(default)]
+    pub leaving: bool,
+}
+
+/// Why a record was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RecordError {
+    #[error("level must be a finite, non-negative number, got {0}")]
+    BadLevel(f64),
+    #[error("cell_id must be 1-128 characters")]
+    BadCellId,
+    #[error("branch must be at most 128 characters")]
+    BadBranch,
+    #[error("too many addresses ({0}, at most 32)")]
+    TooManyAddrs(usize),
+    #[error("record is larger than {MAX_RECORD_BYTES} bytes")]
+    TooLarge,
+    #[error("not a valid CBOR record: {0}")]
+    Decode(String),
+}
+
+/// Checks that a level is one a cell accepts: finite and non-negative.
+pub fn validate_level(level: f64) -> Result<f64, RecordError> {
+    if level.is_finite() && level >= 0.0 {
+        Ok(level)
+    } else {
+        Err(RecordError::BadLevel(level))
+    }
+}
+
+impl CellRecord {
+    /// Checks the fields a peer controls.
+    pub fn validate(&self) -> Result<(), RecordError> {
+        validate_level(self.level)?;
+        if self.cell_id.is_empty() || self.cell_id.chars().count() > 128 {
+            return Err(RecordError::BadCellId);
+        }
+        if self.branch.chars().count() > 128 {
+            return Err(RecordError::BadBranch);
+        }
+        if self.addrs.len() > 32 {
+            return Err(RecordError::TooManyAddrs(self.addrs.len()));
+        }
+        Ok(())
+    }
+
+    /// Encodes the record as one CBOR map.
+    pub fn to_cbor(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(256);
+        // Writing into a Vec cannot fail, and every field serializes.
+        if let Err(e) = ciborium::into_writer(self, &mut buf) {
+            tracing::error!(error = %e, "encoding a record failed");
+        }
+        buf
+    }
+
+    /// Decodes and validates a record from gossip.
+    pub fn from_cbor(bytes: &[u8]) -> Result<Self, RecordError> {
+        if bytes.len() > MAX_RECORD_BYTES {
+            return Err(RecordError::TooLarge);
+        }
+        let record: CellRecord =
+            ciborium::from_reader(bytes).map_err(|e| RecordError::Decode(e.to_string()))?;
+        record.validate()?;
+        Ok(record)
+    }
+}
+
+/// What a request on `/aios/register/1.0.0` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestKind {
+    /// "Here is me and what I know; tell me the same." Sent by the dialer of
+    /// a new connection, and by `POST /register`.
+    Hello,
+    /// "I am shutting down cleanly." Sent to every connected cell before the
+    /// cell closes its connections, so they mark it left, never failed.
+    Leave,
+}
+
+/// A third-party record passed along in an exchange.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KnownCell {
+    /// The cell's peer id, base58.
+    pub peer_id: String,
+    pub record: CellRecord,
+}
+
+/// Request on `/aios/register/1.0.0`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub kind: RequestKind,
+    /// The sender's own record.
+    pub record: CellRecord,
+    /// Records of other cells the sender knows (empty for `leave`).
+    #[serde(default)]
+    pub known: Vec<KnownCell>,
+}
+
+/// Response on `/aios/register/1.0.0`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// The responder's own record.
+    pub record: CellRecord,
+    /// Records of other cells the responder knows (empty for `leave`).
+    #[serde(default)]
+    pub known: Vec<KnownCell>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> CellRecord {
+        CellRecord {
+            cell_id: "laptop".into(),
+            level: 0.5,
+            branch: "main".into(),
+            seq: 7,
+            at_ms: 1,
+            addrs: vec!["/ip4/10.0.0.1/tcp/8001".into()],
+            agent: "aios-cell/0.1.0".into(),
+            leaving: false,
+        }
+    }
+
+    #[test]
+    fn record_round_trips_through_cbor() {
+        let r = record();
+        assert_eq!(CellRecord::from_cbor(&r.to_cbor()).unwrap(), r);
+    }
+
+    #[test]
+    fn record_without_optional_fields_decodes() {
+        #[derive(Serialize)]
+        struct Minimal {
+            cell_id: &'static str,
+            level: f64,
+            branch: &'static str,
+            seq: u64,
+            at_ms: u64,
+        }
+        let mut buf = Vec::new();
+        ciborium::into_writer(
+            &Minimal { cell_id: "x", level: 2.0, branch: "b", seq: 1, at_ms: 2 },
+            &mut buf,
+        )
+        .unwrap();
+        let r = CellRecord::from_cbor(&buf).unwrap();
+        assert_eq!(r.cell_id, "x");
+        assert!(!r.leaving);
+        assert!(r.addrs.is_empty());
+    }
+
+    #[test]
+    fn bad_records_are_refused() {
+        let mut r = record();
+        r.level = f64::NAN;
+        assert!(matches!(CellRecord::from_cbor(&r.to_cbor()), Err(RecordError::BadLevel(_))));
+        r.level = -1.0;
+        assert!(matches!(CellRecord::from_cbor(&r.to_cbor()), Err(RecordError::BadLevel(_))));
+        r.level = 1.0;
+        r.cell_id.clear();
+        assert_eq!(CellRecord::from_cbor(&r.to_cbor()), Err(RecordError::BadCellId));
+        assert!(matches!(CellRecord::from_cbor(b"\xff\x00garbage"), Err(RecordError::Decode(_))));
+        assert_eq!(
+            CellRecord::from_cbor(&vec![0u8; MAX_RECORD_BYTES + 1]),
+            Err(RecordError::TooLarge)
+        );
+    }
+}

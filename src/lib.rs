@@ -52,6 +52,7 @@ pub struct Cell {
     http_addr: SocketAddr,
     metrics_addr: SocketAddr,
     handle: Handle,
+    app: axum::Router,
     shutdown: CancellationToken,
     network: JoinHandle<()>,
     servers: Vec<JoinHandle<()>>,
@@ -97,8 +98,11 @@ impl Cell {
             token: config.api_token.as_deref().map(Arc::from),
             vault_addr: config.vault_addr.clone(),
             prometheus_addr: config.prometheus_addr.clone(),
+            metrics: cell_metrics.clone(),
+            shutdown: shutdown.clone(),
         };
         let app = api::router(state, cell_metrics);
+        let api_app = app.clone();
         let metrics_app = metrics::router(registry);
         let mut servers = Vec::new();
         for (what, listener, app) in
@@ -114,7 +118,16 @@ impl Cell {
             }));
         }
         tracing::info!(%peer_id, cell_id = config.cell_id, %http_addr, %metrics_addr, "cell started");
-        Ok(Cell { peer_id, http_addr, metrics_addr, handle, shutdown, network, servers })
+        Ok(Cell {
+            peer_id,
+            http_addr,
+            metrics_addr,
+            handle,
+            app: api_app,
+            shutdown,
+            network,
+            servers,
+        })
     }
 
     pub fn peer_id(&self) -> PeerId {
@@ -132,6 +145,12 @@ impl Cell {
 
     pub fn handle(&self) -> &Handle {
         &self.handle
+    }
+
+    /// The API router on this cell's state, for driving it without a socket
+    /// (`tower::ServiceExt::oneshot`).
+    pub fn api_router(&self) -> axum::Router {
+        self.app.clone()
     }
 
     /// A token that stops the cell when cancelled.

@@ -299,6 +299,72 @@ impl MeshView {
     }
 }
 
+/// What changed in the mesh, as `GET /events` streams it: each is one SSE
+/// event named by `type`, with this JSON as its data.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MeshEvent {
+    /// A cell we did not know appeared.
+    CellJoined {
+        peer_id: String,
+        cell_id: Option<String>,
+    },
+    /// A failed or departed cell is back.
+    CellAlive {
+        peer_id: String,
+        cell_id: Option<String>,
+    },
+    CellFailed {
+        peer_id: String,
+        cell_id: Option<String>,
+    },
+    CellLeft {
+        peer_id: String,
+        cell_id: Option<String>,
+    },
+    /// A cell's level changed (`self` is true for this cell's own).
+    LevelChanged {
+        peer_id: String,
+        cell_id: Option<String>,
+        level: f64,
+        old_level: Option<f64>,
+        #[serde(rename = "self")]
+        is_self: bool,
+    },
+    /// This cell's own status: health and how many cells it sees.
+    Status {
+        status: &'static str,
+        reason: Option<String>,
+        peers: usize,
+        peers_alive: usize,
+    },
+}
+
+impl MeshEvent {
+    /// The SSE event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MeshEvent::CellJoined { .. } => "cell_joined",
+            MeshEvent::CellAlive { .. } => "cell_alive",
+            MeshEvent::CellFailed { .. } => "cell_failed",
+            MeshEvent::CellLeft { .. } => "cell_left",
+            MeshEvent::LevelChanged { .. } => "level_changed",
+            MeshEvent::Status { .. } => "status",
+        }
+    }
+
+    /// The event for a state transition.
+    pub fn from_transition(t: &Transition, cell_id: Option<String>) -> MeshEvent {
+        let peer_id = t.peer.to_base58();
+        match (t.from, t.to) {
+            (None, _) => MeshEvent::CellJoined { peer_id, cell_id },
+            (_, PeerState::Alive) => MeshEvent::CellAlive { peer_id, cell_id },
+            (_, PeerState::Failed) => MeshEvent::CellFailed { peer_id, cell_id },
+            (_, PeerState::Left) => MeshEvent::CellLeft { peer_id, cell_id },
+        }
+    }
+}
+
 /// This cell's own state, as it publishes it.
 #[derive(Debug, Clone, Serialize)]
 pub struct LocalState {

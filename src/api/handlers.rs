@@ -250,3 +250,48 @@ pub(super) async fn sync(
         outcome,
     }))
 }
+
+/// How often `/events` sends a keep-alive comment.
+const SSE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// `GET /events`: a snapshot, then every mesh event, as Server-Sent Events.
+/// A client that falls behind the event buffer is dropped (it reconnects
+/// and gets a fresh snapshot); it never slows the cell.
+pub(super) async fn events(
+    State(state): State<AppState>,
+) -> axum::response::sse::Sse<
+    impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
+    use tokio::sync::broadcast::error::RecvError;
+
+    // Subscribe first, so nothing between the snapshot and the stream is lost.
+    let rx = state.handle.subscribe();
+    let snap = state.handle.snapshot();
+    let first = json!({ "type": "snapshot", "local": snap.local, "peers": snap.peers });
+    let first = Event::default().event("snapshot").data(first.to_string());
+    let dropped = state.metrics.dropped_notifications.clone();
+    let rest = futures::stream::unfold(rx, move |mut rx| {
+        let dropped = dropped.clone();
+        async move {
+            match rx.recv().await {
+                Ok(ev) => {
+                    let data = serde_json::to_string(&ev).unwrap_or_else(|_| "{}".into());
+                    Some((Event::default().event(ev.name()).data(data), rx))
+                }
+                Err(RecvError::Lagged(n)) => {
+                    tracing::info!(missed = n, "dropping a slow /events client");
+                    dropped.inc();
+                    None
+                }
+                Err(RecvError::Closed) => None,
+            }
+        }
+    });
+    let stream = futures::stream::once(async move { first })
+        .chain(rest)
+        .take_until(state.shutdown.clone().cancelled_owned())
+        .map(Ok);
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
+}

@@ -31,6 +31,9 @@ pub struct AppState {
     pub token: Option<Arc<str>>,
     pub vault_addr: Option<String>,
     pub prometheus_addr: Option<String>,
+    pub metrics: CellMetrics,
+    /// Cancelled at shutdown: ends `/events` streams so the server can drain.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// The API router, ready to serve (tests drive it with `oneshot`).
@@ -38,6 +41,7 @@ pub fn router(state: AppState, metrics: CellMetrics) -> Router {
     Router::new()
         .route("/health", get(handlers::health))
         .route("/peers", get(handlers::peers))
+        .route("/events", get(handlers::events))
         .route("/register", post(handlers::register))
         .route("/sync-consciousness", post(handlers::sync))
         .fallback(not_found)

@@ -17,7 +17,7 @@ use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{identify, mdns, ping, Multiaddr, PeerId, Swarm};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{agent_version, Behaviour, BehaviourEvent};
@@ -27,9 +27,14 @@ use super::protocol::{
 };
 use super::NetworkError;
 use crate::config::{Config, PeerAddr, DEFAULT_HTTP_PORT};
-use crate::mesh::{now_ms, FoundBy, LocalState, Merge, MeshView, PeerState, Snapshot, Transition};
+use crate::mesh::{
+    now_ms, FoundBy, LocalState, Merge, MeshEvent, MeshView, PeerState, Snapshot, Transition,
+};
 use crate::metrics::{CellMetrics, ReasonLabel, RegistrationLabels};
 
+/// Mesh events buffered for `GET /events` subscribers; a subscriber that
+/// falls this far behind is dropped rather than slow the loop.
+pub const EVENT_BUFFER: usize = 256;
 /// Commands waiting for the loop. HTTP handlers fail fast with 503 when it
 /// is full rather than queue without bound.
 pub(crate) const COMMAND_CHANNEL: usize = 256;
@@ -91,6 +96,9 @@ pub struct EventLoop {
     commands: mpsc::Receiver<Command>,
     handle: Handle,
     snapshot_tx: watch::Sender<Arc<Snapshot>>,
+    events: broadcast::Sender<MeshEvent>,
+    /// (connected, alive) at the last snapshot, to notice status changes.
+    last_counts: (usize, usize),
     mesh: MeshView,
     local: Local,
     local_peer: PeerId,
@@ -173,7 +181,8 @@ impl EventLoop {
             })
             .set(1);
         let (snapshot_tx, snapshot_rx) = watch::channel(first);
-        let handle = Handle::new(tx, snapshot_rx, config.tuning.command_timeout());
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let handle = Handle::new(tx, snapshot_rx, events.clone(), config.tuning.command_timeout());
         let now = Instant::now();
         let configured = config
             .peers
@@ -193,6 +202,8 @@ impl EventLoop {
                 commands,
                 handle: handle.clone(),
                 snapshot_tx,
+                events,
+                last_counts: (0, 0),
                 mesh: MeshView::default(),
                 local,
                 local_peer,
@@ -245,6 +256,15 @@ impl EventLoop {
                 let old = self.local.level;
                 if let Some(l) = level {
                     self.local.level = l;
+                }
+                if self.local.level != old {
+                    self.emit(MeshEvent::LevelChanged {
+                        peer_id: self.local_peer.to_base58(),
+                        cell_id: Some(self.local.cell_id.clone()),
+                        level: self.local.level,
+                        old_level: Some(old),
+                        is_self: true,
+                    });
                 }
                 let reached = self.publish_own("sync");
                 self.dirty = true;
@@ -392,6 +412,16 @@ impl EventLoop {
             degraded: None,
         };
         self.metrics.observe(&snap);
+        let counts = (snap.connected(), snap.count(PeerState::Alive));
+        if counts != self.last_counts {
+            self.last_counts = counts;
+            self.emit(MeshEvent::Status {
+                status: if snap.degraded.is_some() { "degraded" } else { "healthy" },
+                reason: snap.degraded.clone(),
+                peers: counts.0,
+                peers_alive: counts.1,
+            });
+        }
         self.snapshot_tx.send_replace(Arc::new(snap));
     }
 
@@ -405,14 +435,50 @@ impl EventLoop {
         }
     }
 
+    /// Sends a mesh event to `/events` subscribers; never waits.
+    fn emit(&self, event: MeshEvent) {
+        // An error only means nobody is subscribed.
+        let _ = self.events.send(event);
+    }
+
     fn transition(&mut self, t: Option<Transition>) {
         if let Some(t) = t {
             self.log_transition(&t);
+            let cell = self.mesh.get(&t.peer).and_then(|e| e.cell_id.clone());
+            self.emit(MeshEvent::from_transition(&t, cell));
             self.dirty = true;
             if t.to == PeerState::Alive {
                 self.retry.remove(&t.peer);
             }
         }
+    }
+
+    /// Merges a record into the mesh view, emitting the level change and
+    /// state transition it causes.
+    fn merge_record(
+        &mut self,
+        peer: PeerId,
+        record: &CellRecord,
+        found: FoundBy,
+        direct: bool,
+    ) -> Merge {
+        let old_level = self.mesh.get(&peer).and_then(|e| e.consciousness_level);
+        let (merge, t) = self.mesh.merge(peer, record, found, direct);
+        if merge == Merge::Stale {
+            return merge;
+        }
+        self.dirty = true;
+        if old_level != Some(record.level) {
+            self.emit(MeshEvent::LevelChanged {
+                peer_id: peer.to_base58(),
+                cell_id: Some(record.cell_id.clone()),
+                level: record.level,
+                old_level,
+                is_self: false,
+            });
+        }
+        self.transition(t);
+        merge
     }
 
     // ---- dialing --------------------------------------------------------
@@ -692,11 +758,7 @@ impl EventLoop {
                 let verdict = match (message.source, CellRecord::from_cbor(&message.data)) {
                     (Some(source), Ok(record)) if source != self.local_peer => {
                         self.metrics.gossip_received.inc();
-                        let (merge, t) = self.mesh.merge(source, &record, FoundBy::Gossip, true);
-                        if merge != Merge::Stale {
-                            self.dirty = true;
-                        }
-                        self.transition(t);
+                        self.merge_record(source, &record, FoundBy::Gossip, true);
                         MessageAcceptance::Accept
                     }
                     (Some(_), Ok(_)) => MessageAcceptance::Ignore,
@@ -756,11 +818,7 @@ impl EventLoop {
         known: &[KnownCell],
     ) -> Result<usize, String> {
         record.validate().map_err(|e| e.to_string())?;
-        let (merge, t) = self.mesh.merge(peer, record, FoundBy::Inbound, true);
-        if merge != Merge::Stale {
-            self.dirty = true;
-        }
-        self.transition(t);
+        self.merge_record(peer, record, FoundBy::Inbound, true);
         let mut n = 0;
         for k in known.iter().take(MAX_KNOWN_RECORDS) {
             let Ok(p) = k.peer_id.parse::<PeerId>() else { continue };
@@ -768,11 +826,7 @@ impl EventLoop {
                 continue;
             }
             n += 1;
-            let (merge, t) = self.mesh.merge(p, &k.record, FoundBy::Gossip, false);
-            if merge != Merge::Stale {
-                self.dirty = true;
-            }
-            self.transition(t);
+            self.merge_record(p, &k.record, FoundBy::Gossip, false);
         }
         Ok(n)
     }
@@ -859,9 +913,7 @@ impl EventLoop {
                 let mut record = request.record;
                 record.leaving = true;
                 if record.validate().is_ok() {
-                    let (_, t) = self.mesh.merge(peer, &record, FoundBy::Inbound, true);
-                    self.transition(t);
-                    self.dirty = true;
+                    self.merge_record(peer, &record, FoundBy::Inbound, true);
                 }
                 let resp = RegisterResponse { record: self.own_record(false), known: Vec::new() };
                 let _ = self.swarm.behaviour_mut().register.send_response(channel, resp);

@@ -8,9 +8,9 @@ use std::time::Duration;
 use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::mesh::Snapshot;
+use crate::mesh::{MeshEvent, Snapshot};
 
 /// Commands the event loop takes.
 #[derive(Debug)]
@@ -74,6 +74,7 @@ pub enum RegisterTarget {
 pub struct Handle {
     tx: mpsc::Sender<Command>,
     snapshot: watch::Receiver<Arc<Snapshot>>,
+    events: broadcast::Sender<MeshEvent>,
     timeout: Duration,
 }
 
@@ -107,9 +108,16 @@ impl Handle {
     pub(crate) fn new(
         tx: mpsc::Sender<Command>,
         snapshot: watch::Receiver<Arc<Snapshot>>,
+        events: broadcast::Sender<MeshEvent>,
         timeout: Duration,
     ) -> Self {
-        Self { tx, snapshot, timeout }
+        Self { tx, snapshot, events, timeout }
+    }
+
+    /// Subscribes to mesh events. A subscriber that falls more than the
+    /// buffer behind gets `Lagged` and should give up.
+    pub fn subscribe(&self) -> broadcast::Receiver<MeshEvent> {
+        self.events.subscribe()
     }
 
     /// The latest published view of the mesh; no round trip.

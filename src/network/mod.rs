@@ -6,7 +6,7 @@ mod event_loop;
 pub mod handle;
 pub mod protocol;
 
-pub use event_loop::EventLoop;
+pub use event_loop::{EventLoop, EVENT_BUFFER};
 pub use handle::{Command, CommandError, Handle, RegisterOutcome, RegisterTarget, SyncOutcome};
 
 /// Errors building or starting the swarm.

@@ -1,0 +1,289 @@
+//! Router tests: every route through `tower::ServiceExt::oneshot` on a real
+//! cell's router (loopback, mDNS off), with the bad inputs users send.
+
+use aios_cell::{Cell, Config};
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+async fn cell(token: Option<&str>) -> (Cell, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::loopback("router-test", dir.path().to_path_buf());
+    config.api_token = token.map(str::to_owned);
+    config.tuning.command_timeout_ms = 3000;
+    (Cell::start(config).await.unwrap(), dir)
+}
+
+async fn call(
+    cell: &Cell,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: impl Into<Body>,
+    auth: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(ct) = content_type {
+        req = req.header(header::CONTENT_TYPE, ct);
+    }
+    if let Some(a) = auth {
+        req = req.header(header::AUTHORIZATION, a);
+    }
+    let resp = cell.api_router().oneshot(req.body(body.into()).unwrap()).await.unwrap();
+    let status = resp.status();
+    let ct = resp.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned());
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(ct.as_deref(), Some("application/json"), "{method} {path}: not JSON ({status})");
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("{method} {path}: body is not JSON ({e}): {bytes:?}"));
+    (status, v)
+}
+
+const JSON: Option<&str> = Some("application/json");
+
+#[tokio::test]
+async fn health_has_the_fields_the_seed_clients_read() {
+    let (cell, _dir) = cell(None).await;
+    let (status, v) = call(&cell, "GET", "/health", None, Body::empty(), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["status"], "healthy");
+    assert_eq!(v["cell_id"], "router-test");
+    assert_eq!(v["peer_id"], cell.peer_id().to_base58());
+    assert_eq!(v["branch"], "main");
+    assert_eq!(v["consciousness_level"], 0.5);
+    assert_eq!(v["peers"], 0);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert!(v["uptime_seconds"].is_u64());
+    let (status, v) = call(&cell, "GET", "/peers", None, Body::empty(), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["count"], 0);
+    assert!(v["peers"].as_array().unwrap().is_empty());
+    cell.shutdown().await;
+}
+
+#[tokio::test]
+async fn sync_without_body_is_the_extensions_call_and_with_level_sets_it() {
+    let (cell, _dir) = cell(None).await;
+    // The seed's extension: `axios.post(url)`, no body, no content type.
+    let (status, v) = call(&cell, "POST", "/sync-consciousness", None, Body::empty(), None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["level"], 0.5);
+    assert_eq!(v["reached"], 0);
+    let body = r#"{"level": 4.5, "context": {"source": "test"}}"#;
+    let (status, v) = call(&cell, "POST", "/sync-consciousness", JSON, body, None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["level"], 4.5);
+    assert_eq!(v["old_level"], 0.5);
+    assert_eq!(v["new_level"], 4.5);
+    assert_eq!(v["network_level"], 4.5);
+    let (_, h) = call(&cell, "GET", "/health", None, Body::empty(), None).await;
+    assert_eq!(h["consciousness_level"], 4.5);
+    cell.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_inputs_are_4xx_json_and_change_nothing() {
+    let (cell, _dir) = cell(None).await;
+    let huge = format!(r#"{{"level": 1, "context": {{"pad": "{}"}}}}"#, "x".repeat(10 << 20));
+    let long_id = "x".repeat(200);
+    let register_long = format!(r#"{{"cell_id":"{long_id}","ip":"127.0.0.1","port":8000}}"#);
+    let cases: Vec<(&str, &str, Option<&str>, String, StatusCode)> = vec![
+        // sync-consciousness
+        (
+            "POST",
+            "/sync-consciousness",
+            JSON,
+            r#"{"level": "high"}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/sync-consciousness",
+            JSON,
+            r#"{"level": -1}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        ("POST", "/sync-consciousness", JSON, r#"{"level": NaN}"#.into(), StatusCode::BAD_REQUEST),
+        (
+            "POST",
+            "/sync-consciousness",
+            JSON,
+            r#"{"level": Infinity}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "/sync-consciousness",
+            JSON,
+            r#"{"level": 1e999}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("POST", "/sync-consciousness", JSON, r#"{"level": 1"#.into(), StatusCode::BAD_REQUEST),
+        ("POST", "/sync-consciousness", JSON, r#"[1, 2]"#.into(), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            "POST",
+            "/sync-consciousness",
+            JSON,
+            r#"{"lvl": 1}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/sync-consciousness",
+            JSON,
+            r#"{"level": 1, "context": 5}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/sync-consciousness",
+            Some("text/plain"),
+            r#"{"level": 1}"#.into(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        ("POST", "/sync-consciousness", JSON, huge, StatusCode::PAYLOAD_TOO_LARGE),
+        // register
+        ("POST", "/register", JSON, "".into(), StatusCode::BAD_REQUEST),
+        ("POST", "/register", JSON, "{}".into(), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            "POST",
+            "/register",
+            JSON,
+            r#"{"cell_id":"x","ip":"127.0.0.1"}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/register",
+            JSON,
+            r#"{"cell_id":"x","ip":"127.0.0.1","port":"80"}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/register",
+            JSON,
+            r#"{"cell_id":"x","ip":"127.0.0.1","port":0}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/register",
+            JSON,
+            r#"{"cell_id":"x","ip":"127.0.0.1","port":70000}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/register",
+            JSON,
+            r#"{"cell_id":"x","ip":"not a host!","port":8000}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/register",
+            JSON,
+            r#"{"cell_id":"","ip":"127.0.0.1","port":8000}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        ("POST", "/register", JSON, register_long, StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            "POST",
+            "/register",
+            JSON,
+            r#"{"cell_id":"x","ip":"127.0.0.1","port":8000,"multiaddr":"garbage"}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/register",
+            JSON,
+            r#"{"cell_id":"x","ip":"127.0.0.1","port":8000,"extra":1}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "POST",
+            "/register",
+            JSON,
+            r#"{"cell_id":"x","ip":"127.0.0.1","port":8000"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        // routes and methods
+        ("GET", "/nope", None, "".into(), StatusCode::NOT_FOUND),
+        ("DELETE", "/health", None, "".into(), StatusCode::METHOD_NOT_ALLOWED),
+        ("GET", "/register", None, "".into(), StatusCode::METHOD_NOT_ALLOWED),
+    ];
+    for (method, path, ct, body, want) in cases {
+        let short: String = body.chars().take(60).collect();
+        let (status, v) = call(&cell, method, path, ct, body, None).await;
+        assert_eq!(status, want, "{method} {path} {short:?} -> {v}");
+        let msg = v["error"].as_str().unwrap_or_else(|| panic!("no error field: {v}"));
+        assert!(!msg.is_empty());
+    }
+    let (status, h) = call(&cell, "GET", "/health", None, Body::empty(), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h["consciousness_level"], 0.5, "a refused request changed the level");
+    cell.shutdown().await;
+}
+
+#[tokio::test]
+async fn unreachable_peer_is_502_with_a_reason() {
+    let (cell, _dir) = cell(None).await;
+    // Nothing listens on the discard port of loopback.
+    let body = r#"{"cell_id":"ghost","ip":"127.0.0.1","port":8000,"p2p_port":9}"#;
+    let (status, v) = call(&cell, "POST", "/register", JSON, body, None).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("127.0.0.1"), "{v}");
+    let (status, _) = call(&cell, "GET", "/health", None, Body::empty(), None).await;
+    assert_eq!(status, StatusCode::OK);
+    cell.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_a_token_changes_need_it_and_reads_stay_open() {
+    let (cell, _dir) = cell(Some("s3cret")).await;
+    let body = r#"{"level": 2}"#;
+    for auth in [None, Some("Bearer wrong"), Some("s3cret"), Some("Basic s3cret")] {
+        let (status, v) = call(&cell, "POST", "/sync-consciousness", JSON, body, auth).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}: {v}");
+    }
+    let (status, h) = call(&cell, "GET", "/health", None, Body::empty(), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h["consciousness_level"], 0.5);
+    let (status, v) =
+        call(&cell, "POST", "/sync-consciousness", JSON, body, Some("Bearer s3cret")).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["level"], 2.0);
+    cell.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_are_openmetrics_with_route_labels() {
+    let (cell, _dir) = cell(None).await;
+    let http = reqwest::Client::new();
+    let api = format!("http://{}", cell.http_addr());
+    assert!(http.get(format!("{api}/health")).send().await.unwrap().status().is_success());
+    assert_eq!(http.get(format!("{api}/x/1")).send().await.unwrap().status(), 404);
+    let resp = http.get(format!("http://{}/metrics", cell.metrics_addr())).send().await.unwrap();
+    assert!(resp.headers()[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = resp.text().await.unwrap();
+    for needle in [
+        r#"aios_consciousness_level{cell_id="router-test"} 0.5"#,
+        r#"aios_cell_info{cell_id="router-test",branch="main""#,
+        r#"aios_http_requests_total{method="GET",route="/health",status="200"} 1"#,
+        r#"aios_http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
+        "aios_http_request_duration_seconds_bucket",
+        r#"aios_peers{state="alive"} 0"#,
+        "libp2p_swarm_",
+        "# EOF",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    cell.shutdown().await;
+}

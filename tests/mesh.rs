@@ -1,0 +1,225 @@
+//! In-process mesh tests: real cells on loopback with mDNS off, joined
+//! through `POST /register` and configured peers, observed through their
+//! HTTP API as a user would.
+
+use std::time::{Duration, Instant};
+
+use aios_cell::config::PeerAddr;
+use aios_cell::{Cell, Config};
+use serde_json::{json, Value};
+
+struct Node {
+    cell: Cell,
+    api: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(name: &str, peers: Vec<PeerAddr>) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::loopback(name, dir.path().to_path_buf());
+    config.peers = peers;
+    let cell = Cell::start(config).await.unwrap();
+    let api = format!("http://{}", cell.http_addr());
+    Node { cell, api, _dir: dir }
+}
+
+/// The node's libp2p TCP port, once it listens.
+async fn p2p_port(n: &Node) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let snap = n.cell.handle().snapshot();
+        if let Some(port) =
+            snap.local.listen_addrs.iter().find_map(|a| {
+                a.strip_prefix("/ip4/127.0.0.1/tcp/").and_then(|p| p.parse::<u16>().ok())
+            })
+        {
+            return port;
+        }
+        assert!(Instant::now() < deadline, "no TCP listen address");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn get(url: &str) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+async fn post(url: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+fn peer<'a>(peers: &'a Value, peer_id: &str) -> Option<&'a Value> {
+    peers["peers"].as_array()?.iter().find(|p| p["peer_id"] == peer_id)
+}
+
+/// Polls `node`'s `/peers` until `pred` holds; panics with the last answer.
+async fn wait_for(node: &Node, what: &str, within: Duration, pred: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + within;
+    loop {
+        let peers = get(&format!("{}/peers", node.api)).await;
+        if pred(&peers) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; /peers: {peers:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn state_of(peers: &Value, id: &str) -> Option<String> {
+    peer(peers, id).and_then(|p| p["state"].as_str()).map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_cells_register_share_levels_and_notice_failure_and_leave() {
+    let a = start("a", vec![]).await;
+    let b = start("b", vec![]).await;
+    let c = start("c", vec![]).await;
+    let ids: Vec<String> = [&a, &b, &c].iter().map(|n| n.cell.peer_id().to_base58()).collect();
+
+    // The seed's discovery script: tell a about b and c with their IP and
+    // HTTP port, plus where their libp2p listens.
+    for (n, name) in [(&b, "b"), (&c, "c")] {
+        let body = json!({"cell_id": name, "ip": "127.0.0.1", "port": 8000, "p2p_port": p2p_port(n).await});
+        let (status, v) = post(&format!("{}/register", a.api), body).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["peer"]["cell_id"], name);
+        assert_eq!(v["peer"]["peer_id"], n.cell.peer_id().to_base58());
+    }
+
+    // Everyone ends up knowing everyone, alive and connected: b and c learn
+    // of each other through a's records.
+    for n in [&a, &b, &c] {
+        let me = n.cell.peer_id().to_base58();
+        let others: Vec<_> = ids.iter().filter(|i| **i != me).cloned().collect();
+        wait_for(n, "a full mesh", Duration::from_secs(10), |p| {
+            others.iter().all(|o| {
+                peer(p, o).is_some_and(|e| e["state"] == "alive" && e["connected"] == true)
+            })
+        })
+        .await;
+    }
+    let h = get(&format!("{}/health", a.api)).await;
+    assert_eq!(h["peers"], 2);
+
+    // A level set on b through HTTP shows in a's and c's /peers.
+    let (status, v) = post(&format!("{}/sync-consciousness", b.api), json!({"level": 3.25})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["reached"], 2);
+    for n in [&a, &c] {
+        wait_for(n, "b's level", Duration::from_secs(5), |p| {
+            peer(p, &ids[1]).is_some_and(|e| e["consciousness_level"] == 3.25)
+        })
+        .await;
+    }
+
+    // A newcomer configured with only a's address learns every level from
+    // the exchange, without waiting for anyone to publish again.
+    let d = start("d", vec![format!("/ip4/127.0.0.1/tcp/{}", p2p_port(&a).await).parse().unwrap()])
+        .await;
+    wait_for(&d, "b's level at the newcomer", Duration::from_secs(5), |p| {
+        peer(p, &ids[1]).is_some_and(|e| e["consciousness_level"] == 3.25)
+    })
+    .await;
+    let dp = get(&format!("{}/peers", d.api)).await;
+    assert_eq!(peer(&dp, &ids[0]).unwrap()["found_by"], "config");
+
+    // A crash (no leave notice): the others mark c failed.
+    c.cell.kill();
+    for n in [&a, &b, &d] {
+        wait_for(n, "c failed", Duration::from_secs(5), |p| {
+            state_of(p, &ids[2]).as_deref() == Some("failed")
+        })
+        .await;
+    }
+
+    // A clean shutdown: a marks b left, never failed.
+    let started = Instant::now();
+    let watcher = {
+        let api = a.api.clone();
+        let b_id = ids[1].clone();
+        tokio::spawn(async move {
+            let mut seen_failed = false;
+            while started.elapsed() < Duration::from_secs(5) {
+                let p = get(&format!("{api}/peers")).await;
+                match state_of(&p, &b_id).as_deref() {
+                    Some("failed") => seen_failed = true,
+                    Some("left") => return (true, seen_failed),
+                    _ => {}
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (false, seen_failed)
+        })
+    };
+    b.cell.shutdown().await;
+    let (left, seen_failed) = watcher.await.unwrap();
+    assert!(left, "a never marked b left");
+    assert!(!seen_failed, "a marked b failed before left");
+    let h = get(&format!("{}/health", a.api)).await;
+    assert_eq!(h["peers_left"], 1);
+    assert_eq!(h["peers_failed"], 1);
+
+    a.cell.shutdown().await;
+    d.cell.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stream_a_level_change_made_on_another_cell() {
+    let a = start("ev-a", vec![]).await;
+    let b =
+        start("ev-b", vec![format!("/ip4/127.0.0.1/tcp/{}", p2p_port(&a).await).parse().unwrap()])
+            .await;
+    let b_id = b.cell.peer_id().to_base58();
+    wait_for(&a, "b connected", Duration::from_secs(5), |p| {
+        peer(p, &b_id).is_some_and(|e| e["connected"] == true && e["cell_id"] == "ev-b")
+    })
+    .await;
+
+    let mut resp = reqwest::get(format!("{}/events", a.api)).await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let first = resp.chunk().await.unwrap().unwrap();
+    let first = String::from_utf8_lossy(&first);
+    assert!(first.starts_with("event: snapshot\n"), "{first}");
+
+    let (status, _) = post(&format!("{}/sync-consciousness", b.api), json!({"level": 5.5})).await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = String::new();
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(1), resp.chunk()).await {
+            Ok(Ok(Some(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(_) => break,
+            Err(_) => {}
+        }
+        if seen.contains("event: level_changed") {
+            break;
+        }
+    }
+    let line = seen
+        .lines()
+        .skip_while(|l| *l != "event: level_changed")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no level_changed event in {seen:?}"));
+    let data: Value = serde_json::from_str(line.strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(data["type"], "level_changed");
+    assert_eq!(data["peer_id"], b_id);
+    assert_eq!(data["level"], 5.5);
+    assert_eq!(data["self"], false);
+    drop(resp);
+    b.cell.shutdown().await;
+    a.cell.shutdown().await;
+}
+
+#[tokio::test]
+async fn identity_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Cell::start(Config::loopback("id", dir.path().to_path_buf())).await.unwrap();
+    let id = first.peer_id();
+    first.shutdown().await;
+    let second = Cell::start(Config::loopback("id", dir.path().to_path_buf())).await.unwrap();
+    assert_eq!(second.peer_id(), id);
+    let h = get(&format!("http://{}/health", second.http_addr())).await;
+    assert_eq!(h["peer_id"], id.to_base58());
+    second.shutdown().await;
+}

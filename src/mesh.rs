@@ -273,6 +273,14 @@ impl MeshView {
             .map(|(p, row)| (*p, row.addrs.iter().cloned().collect()))
     }
 
+    /// Peers marked failed and not connected: candidates to redial.
+    pub fn failed(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.peers
+            .iter()
+            .filter(|(_, r)| r.entry.state == PeerState::Failed && !r.entry.connected)
+            .map(|(p, _)| *p)
+    }
+
     /// Addresses we know for `peer`.
     pub fn addrs_of(&self, peer: &PeerId) -> Vec<Multiaddr> {
         self.peers.get(peer).map(|r| r.addrs.iter().cloned().collect()).unwrap_or_default()

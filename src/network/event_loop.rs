@@ -488,7 +488,7 @@ impl EventLoop {
             return;
         }
         let opts = DialOpts::peer_id(peer)
-            .addresses(prefer_tcp(addrs))
+            .addresses(dial_addrs(addrs))
             .condition(PeerCondition::DisconnectedAndNotDialing)
             // Two cells that hear the same mDNS answer dial each other at once;
             // with a reused port the kernel merges the sockets and Noise fails.
@@ -511,13 +511,7 @@ impl EventLoop {
             self.dial_peer(peer, addrs, origin);
         }
         // Failed cells: redial with backoff for a while (heals partitions).
-        let failed: Vec<_> = self
-            .mesh
-            .entries()
-            .into_iter()
-            .filter(|e| e.state == PeerState::Failed && !e.connected)
-            .filter_map(|e| e.peer_id.parse::<PeerId>().ok())
-            .collect();
+        let failed: Vec<PeerId> = self.mesh.failed().collect();
         for peer in failed {
             let r = self.retry.entry(peer).or_insert(Retry {
                 next: now,
@@ -962,9 +956,23 @@ impl EventLoop {
     }
 }
 
-/// Prefer TCP addresses: a crashed peer's TCP connection closes at once,
-/// while QUIC waits for its idle timeout.
-fn prefer_tcp(addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
+/// Which of a peer's addresses to dial. A remote cell's loopback address
+/// (which identify and records report) would reach ourselves, so it is
+/// dropped when the peer has any other. TCP is preferred: a crashed peer's
+/// TCP connection closes at once, while QUIC waits for its idle timeout.
+fn dial_addrs(addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
+    let is_loopback = |a: &Multiaddr| {
+        a.iter().any(|p| match p {
+            Protocol::Ip4(ip) => ip.is_loopback(),
+            Protocol::Ip6(ip) => ip.is_loopback(),
+            _ => false,
+        })
+    };
+    let addrs: Vec<Multiaddr> = if addrs.iter().all(is_loopback) {
+        addrs
+    } else {
+        addrs.into_iter().filter(|a| !is_loopback(a)).collect()
+    };
     let is_tcp = |a: &Multiaddr| {
         a.iter().any(|p| matches!(p, Protocol::Tcp(_)))
             && !a.iter().any(|p| matches!(p, Protocol::Ws(_) | Protocol::Wss(_)))
@@ -1001,5 +1009,47 @@ fn with_hint(msg: String, target: &str) -> String {
         )
     } else {
         msg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<Multiaddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn dial_prefers_real_tcp_addresses() {
+        let got = dial_addrs(addrs(&[
+            "/ip4/127.0.0.1/tcp/8001",
+            "/ip4/10.0.0.2/udp/8001/quic-v1",
+            "/ip4/10.0.0.2/tcp/8001",
+        ]));
+        assert_eq!(got, addrs(&["/ip4/10.0.0.2/tcp/8001"]));
+        // Only loopback known (cells on one machine): keep it.
+        let lo = addrs(&["/ip4/127.0.0.1/tcp/8001"]);
+        assert_eq!(dial_addrs(lo.clone()), lo);
+        // Only QUIC known: dial QUIC.
+        let q = addrs(&["/ip4/10.0.0.2/udp/8001/quic-v1"]);
+        assert_eq!(dial_addrs(q.clone()), q);
+    }
+
+    #[test]
+    fn hint_names_the_http_port_mistake() {
+        assert!(with_hint("x".into(), "/ip4/10.0.0.2/tcp/8000").contains("HTTP API"));
+        assert!(with_hint("x".into(), "aios-laptop.local:8000").contains("8001"));
+        assert_eq!(with_hint("x".into(), "/ip4/10.0.0.2/tcp/8001"), "x");
+    }
+
+    #[test]
+    fn seq_grows_and_is_at_least_the_clock() {
+        let mut l = Local { cell_id: "c".into(), branch: "b".into(), level: 0.0, seq: 5 };
+        let a = l.bump();
+        let b = l.bump();
+        assert!(a >= now_ms() - 1000 && b > a);
+        l.seq = u64::MAX / 2;
+        assert_eq!(l.bump(), u64::MAX / 2 + 1);
     }
 }

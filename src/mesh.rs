@@ -4,7 +4,7 @@
 //! The event loop owns the table and publishes an immutable [`Snapshot`] of it
 //! through a `watch` channel; HTTP and metrics read that snapshot.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use libp2p::{Multiaddr, PeerId};
@@ -81,6 +81,9 @@ pub enum Merge {
     Updated,
     /// Same or older `seq` than what we have: ignored.
     Stale,
+    /// The record claims a `cell_id` bound to another live cell (this one's
+    /// own included): rejected.
+    Conflict,
 }
 
 /// A state change worth telling the log (and, later, event subscribers).
@@ -95,6 +98,10 @@ pub struct Transition {
 #[derive(Debug, Default)]
 pub struct MeshView {
     peers: BTreeMap<PeerId, Row>,
+    /// Which peer first announced each `cell_id`. Another peer claiming it
+    /// is refused while the owner is alive; once the owner has left or
+    /// failed, a new peer may take the name (a reinstalled machine).
+    claims: HashMap<String, PeerId>,
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +116,26 @@ pub fn now_ms() -> u64 {
 }
 
 impl MeshView {
+    /// A view in which `own_cell_id` belongs to `own_peer`.
+    pub fn new(own_peer: PeerId, own_cell_id: &str) -> Self {
+        let mut claims = HashMap::new();
+        claims.insert(own_cell_id.to_owned(), own_peer);
+        MeshView { peers: BTreeMap::new(), claims }
+    }
+
+    /// Who holds `cell_id`, if another live peer than `peer` does.
+    pub fn claimed_by_other(&self, peer: PeerId, cell_id: &str) -> Option<PeerId> {
+        let owner = *self.claims.get(cell_id)?;
+        if owner == peer {
+            return None;
+        }
+        match self.peers.get(&owner) {
+            // The owner is gone: the name is free again.
+            Some(row) if row.entry.state != PeerState::Alive => None,
+            _ => Some(owner),
+        }
+    }
+
     fn row(&mut self, peer: PeerId, found: FoundBy) -> &mut Row {
         self.peers.entry(peer).or_insert_with(|| Row {
             entry: PeerEntry {
@@ -210,11 +237,16 @@ impl MeshView {
         found: FoundBy,
         direct: bool,
     ) -> (Merge, Option<Transition>) {
+        if self.claimed_by_other(peer, &record.cell_id).is_some() {
+            return (Merge::Conflict, None);
+        }
         let known = self.peers.contains_key(&peer);
-        let row = self.row(peer, found);
-        if known && record.seq <= row.entry.seq {
+        if known && self.peers.get(&peer).is_some_and(|r| record.seq <= r.entry.seq) {
             return (Merge::Stale, None);
         }
+        self.claims.retain(|_, owner| *owner != peer);
+        self.claims.insert(record.cell_id.clone(), peer);
+        let row = self.row(peer, found);
         row.entry.cell_id = Some(record.cell_id.clone());
         row.entry.branch = Some(record.branch.clone());
         row.entry.consciousness_level = Some(record.level);
@@ -444,6 +476,28 @@ mod tests {
         assert_eq!(m.get(&p).unwrap().consciousness_level, Some(0.7));
         assert_eq!(m.get(&p).unwrap().addresses.len(), 0, "rows hold addrs apart");
         assert_eq!(m.entries()[0].addresses, vec!["/ip4/10.0.0.2/tcp/8001".to_string()]);
+    }
+
+    #[test]
+    fn a_cell_id_belongs_to_the_first_live_peer_that_announced_it() {
+        let me = PeerId::random();
+        let mut m = MeshView::new(me, "mine");
+        let (a, b) = (PeerId::random(), PeerId::random());
+        assert_eq!(m.merge(a, &rec(1, 0.5), FoundBy::Gossip, true).0, Merge::New);
+        // b claims a's name while a is alive: refused, a's level kept.
+        let mut spoof = rec(2, 9.0);
+        spoof.cell_id = "c".into();
+        assert_eq!(m.merge(b, &spoof, FoundBy::Gossip, true).0, Merge::Conflict);
+        assert!(m.get(&b).is_none());
+        // Nobody may take this cell's own name.
+        spoof.cell_id = "mine".into();
+        assert_eq!(m.merge(b, &spoof, FoundBy::Gossip, true).0, Merge::Conflict);
+        // Once a has failed, a new peer may use the name.
+        m.disconnected(a);
+        spoof.cell_id = "c".into();
+        assert_eq!(m.merge(b, &spoof, FoundBy::Gossip, true).0, Merge::New);
+        // a renaming itself frees nothing it does not hold.
+        assert_eq!(m.claimed_by_other(a, "c"), Some(b));
     }
 
     #[test]

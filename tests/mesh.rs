@@ -14,7 +14,15 @@ struct Node {
     _dir: tempfile::TempDir,
 }
 
+/// Logs to the test output when `RUST_LOG` is set.
+fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    }
+}
+
 async fn start(name: &str, peers: Vec<PeerAddr>) -> Node {
+    init_logs();
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::loopback(name, dir.path().to_path_buf());
     config.peers = peers;
@@ -222,4 +230,50 @@ async fn identity_survives_a_restart() {
     let h = get(&format!("http://{}/health", second.http_addr())).await;
     assert_eq!(h["peer_id"], id.to_base58());
     second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloned_identity_is_reported_as_degraded() {
+    async fn start_in(name: &str, dir: &std::path::Path, peers: Vec<PeerAddr>) -> (Cell, String) {
+        let mut config = Config::loopback(name, dir.to_path_buf());
+        config.peers = peers;
+        config.tuning.heartbeat_secs = 1;
+        let cell = Cell::start(config).await.unwrap();
+        let api = format!("http://{}", cell.http_addr());
+        (cell, api)
+    }
+    let c = start("hub", vec![]).await;
+    let to_c: Vec<PeerAddr> =
+        vec![format!("/ip4/127.0.0.1/tcp/{}", p2p_port(&c).await).parse().unwrap()];
+    let (dir_a, dir_clone) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, a_api) = start_in("original", dir_a.path(), to_c.clone()).await;
+    // The "cloned disk image": the same identity key on another machine.
+    std::fs::copy(
+        dir_a.path().join(aios_cell::identity::KEY_FILE),
+        dir_clone.path().join(aios_cell::identity::KEY_FILE),
+    )
+    .unwrap();
+    let (clone, clone_api) = start_in("copy", dir_clone.path(), to_c).await;
+    assert_eq!(a.peer_id(), clone.peer_id());
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut reported = Vec::new();
+    while Instant::now() < deadline && reported.is_empty() {
+        for (name, api) in [("original", &a_api), ("copy", &clone_api)] {
+            let h = get(&format!("{api}/health")).await;
+            if h["status"] == "degraded" {
+                let reason = h["reason"].as_str().unwrap_or_default().to_owned();
+                assert!(reason.contains("identity.key"), "reason says how to fix it: {reason}");
+                reported.push(name);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!reported.is_empty(), "neither clone reported the shared identity");
+    println!("cloned identity reported by {reported:?}");
+    let h = get(&format!("{}/health", c.api)).await;
+    assert_eq!(h["status"], "healthy", "the hub itself is fine");
+    a.shutdown().await;
+    clone.shutdown().await;
+    c.cell.shutdown().await;
 }

@@ -6,7 +6,8 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    gossipsub, identify, identity::Keypair, mdns, noise, ping, tcp, yamux, StreamProtocol, Swarm,
+    connection_limits, gossipsub, identify, identity::Keypair, mdns, noise, ping, tcp, yamux,
+    StreamProtocol, Swarm,
 };
 use prometheus_client::registry::Registry;
 
@@ -18,6 +19,17 @@ use crate::config::Config;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
 /// Largest gossip message (a record is at most 4 KiB; this leaves room).
 pub const MAX_GOSSIP_BYTES: usize = 16 * 1024;
+/// Largest request or response on `/aios/register/1.0.0` (an own record
+/// plus at most `MAX_KNOWN_RECORDS` others of at most 4 KiB each would be
+/// more, but real records are ~300 bytes; this bounds what a peer can make
+/// us buffer).
+pub const MAX_EXCHANGE_BYTES: u64 = 512 * 1024;
+/// Connection limits: a LAN mesh needs one connection per cell (two
+/// briefly, after a simultaneous dial); these bound what a flood can cost.
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 3;
+pub const MAX_ESTABLISHED: u32 = 512;
+pub const MAX_PENDING_INCOMING: u32 = 64;
+pub const MAX_PENDING_OUTGOING: u32 = 128;
 
 /// Every protocol a cell speaks.
 #[derive(NetworkBehaviour)]
@@ -27,6 +39,7 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+    pub limits: connection_limits::Behaviour,
 }
 
 /// The agent string cells announce through identify.
@@ -41,6 +54,9 @@ fn behaviour(key: &Keypair, config: &Config) -> Result<Behaviour, NetworkError> 
         // We decode and check every record before gossipsub forwards it, and
         // tell it which were bad so its peer scoring can punish the sender.
         .validate_messages()
+        // Let messages "from us" that we did not publish reach the event
+        // loop: another cell signing with our key means a cloned identity.
+        .allow_self_origin(true)
         .max_transmit_size(MAX_GOSSIP_BYTES)
         .heartbeat_initial_delay(Duration::from_millis(500))
         .build()
@@ -50,9 +66,22 @@ fn behaviour(key: &Keypair, config: &Config) -> Result<Behaviour, NetworkError> 
         gossip_config,
     )
     .map_err(|e| NetworkError::Behaviour(e.to_string()))?;
-    let register = request_response::cbor::Behaviour::new(
+    let codec = request_response::cbor::codec::Codec::default()
+        .set_request_size_maximum(MAX_EXCHANGE_BYTES)
+        .set_response_size_maximum(MAX_EXCHANGE_BYTES);
+    let register = request_response::cbor::Behaviour::with_codec(
+        codec,
         [(StreamProtocol::new(REGISTER_PROTOCOL), ProtocolSupport::Full)],
-        request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT),
+        request_response::Config::default()
+            .with_request_timeout(REQUEST_TIMEOUT)
+            .with_max_concurrent_streams(64),
+    );
+    let limits = connection_limits::Behaviour::new(
+        connection_limits::ConnectionLimits::default()
+            .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+            .with_max_established(Some(MAX_ESTABLISHED))
+            .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+            .with_max_pending_outgoing(Some(MAX_PENDING_OUTGOING)),
     );
     let identify = identify::Behaviour::new(
         identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
@@ -75,7 +104,7 @@ fn behaviour(key: &Keypair, config: &Config) -> Result<Behaviour, NetworkError> 
     } else {
         None
     };
-    Ok(Behaviour { gossipsub, register, identify, ping, mdns: mdns.into() })
+    Ok(Behaviour { gossipsub, register, identify, ping, mdns: mdns.into(), limits })
 }
 
 /// Builds the swarm: TCP (Noise, Yamux) and QUIC v1, bandwidth metrics in

@@ -97,9 +97,11 @@ pub struct EventLoop {
     handle: Handle,
     snapshot_tx: watch::Sender<Arc<Snapshot>>,
     events: broadcast::Sender<MeshEvent>,
-    /// (connected, alive) at the last snapshot, to notice status changes.
-    last_counts: (usize, usize),
+    /// (connected, alive, degraded) at the last snapshot, to notice status changes.
+    last_counts: (usize, usize, bool),
     mesh: MeshView,
+    /// Why this cell is degraded (a cloned identity), shown in `/health`.
+    degraded: Option<String>,
     local: Local,
     local_peer: PeerId,
     listen_addrs: Vec<Multiaddr>,
@@ -115,6 +117,8 @@ pub struct EventLoop {
     retry: HashMap<PeerId, Retry>,
     configured: Vec<Configured>,
     heartbeat: Duration,
+    /// The peer of the last anti-entropy exchange (round-robin cursor).
+    last_exchange: Option<PeerId>,
     dirty: bool,
     soft_dirty: bool,
 }
@@ -203,8 +207,9 @@ impl EventLoop {
                 handle: handle.clone(),
                 snapshot_tx,
                 events,
-                last_counts: (0, 0),
-                mesh: MeshView::default(),
+                last_counts: (0, 0, false),
+                mesh: MeshView::new(local_peer, &config.cell_id),
+                degraded: None,
                 local,
                 local_peer,
                 listen_addrs: Vec::new(),
@@ -219,6 +224,7 @@ impl EventLoop {
                 retry: HashMap::new(),
                 configured,
                 heartbeat: config.tuning.heartbeat(),
+                last_exchange: None,
                 dirty: true,
                 soft_dirty: false,
             },
@@ -239,7 +245,10 @@ impl EventLoop {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(cmd) = self.commands.recv() => self.on_command(cmd),
                 _ = tick.tick() => self.on_tick(),
-                _ = heartbeat.tick() => { self.publish_own("heartbeat"); }
+                _ = heartbeat.tick() => {
+                    self.publish_own("heartbeat");
+                    self.exchange_with_next();
+                }
             }
             if self.dirty {
                 self.publish_snapshot();
@@ -385,13 +394,31 @@ impl EventLoop {
             .count()
     }
 
-    fn known_for(&self, exclude: PeerId) -> Vec<KnownCell> {
+    /// Every live record we hold, for an exchange with `peer`. The peer's
+    /// own record is included on purpose: if it is not one the peer made,
+    /// someone else holds its key (see `check_clone`).
+    fn known_for(&self, _peer: PeerId) -> Vec<KnownCell> {
         self.mesh
             .alive_records()
-            .filter(|(p, _)| *p != exclude)
             .take(MAX_KNOWN_RECORDS)
             .map(|(p, record)| KnownCell { peer_id: p.to_base58(), record })
             .collect()
+    }
+
+    /// Anti-entropy: exchange records with one connected cell per heartbeat,
+    /// in turn. Repairs whatever gossip missed, and shows each cell the
+    /// record others hold for it.
+    fn exchange_with_next(&mut self) {
+        let mut peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        if peers.is_empty() {
+            return;
+        }
+        peers.sort();
+        let next = peers.iter().find(|p| Some(**p) > self.last_exchange).or(peers.first()).copied();
+        if let Some(peer) = next {
+            self.last_exchange = Some(peer);
+            self.send_hello(peer, None);
+        }
     }
 
     // ---- snapshot -------------------------------------------------------
@@ -409,10 +436,10 @@ impl EventLoop {
                 listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
             },
             peers: self.mesh.entries(),
-            degraded: None,
+            degraded: self.degraded.clone(),
         };
         self.metrics.observe(&snap);
-        let counts = (snap.connected(), snap.count(PeerState::Alive));
+        let counts = (snap.connected(), snap.count(PeerState::Alive), snap.degraded.is_some());
         if counts != self.last_counts {
             self.last_counts = counts;
             self.emit(MeshEvent::Status {
@@ -464,6 +491,20 @@ impl EventLoop {
     ) -> Merge {
         let old_level = self.mesh.get(&peer).and_then(|e| e.consciousness_level);
         let (merge, t) = self.mesh.merge(peer, record, found, direct);
+        if merge == Merge::Conflict {
+            let owner = self.mesh.claimed_by_other(peer, &record.cell_id);
+            tracing::warn!(
+                %peer,
+                cell_id = record.cell_id,
+                owner = ?owner.map(|o| o.to_base58()),
+                "refused a record: its cell_id belongs to another live cell (two machines with one name? set AIOS_CELL_ID)"
+            );
+            self.metrics
+                .gossip_rejected
+                .get_or_create(&ReasonLabel { reason: "cell_id_taken" })
+                .inc();
+            return merge;
+        }
         if merge == Merge::Stale {
             return merge;
         }
@@ -479,6 +520,26 @@ impl EventLoop {
         }
         self.transition(t);
         merge
+    }
+
+    /// A record under our own peer id that we did not make means another
+    /// process holds our key: a cloned machine image, usually.
+    fn check_clone(&mut self, record: &CellRecord, via: &str) {
+        if record.cell_id == self.local.cell_id && record.seq <= self.local.seq {
+            // One of our own records coming back: nothing new.
+            return;
+        }
+        let reason = format!(
+            "another cell is using this cell's identity (peer id {}; it calls itself {:?}, seen via {via}). \
+             Two machines share one identity key, usually from a cloned disk image. Fix: stop one of \
+             them, delete identity.key in its data dir, and start it again to get a new identity",
+            self.local_peer, record.cell_id
+        );
+        if self.degraded.as_deref() != Some(reason.as_str()) {
+            tracing::error!("{reason}");
+            self.degraded = Some(reason);
+            self.dirty = true;
+        }
     }
 
     // ---- dialing --------------------------------------------------------
@@ -752,10 +813,16 @@ impl EventLoop {
                 let verdict = match (message.source, CellRecord::from_cbor(&message.data)) {
                     (Some(source), Ok(record)) if source != self.local_peer => {
                         self.metrics.gossip_received.inc();
-                        self.merge_record(source, &record, FoundBy::Gossip, true);
-                        MessageAcceptance::Accept
+                        match self.merge_record(source, &record, FoundBy::Gossip, true) {
+                            Merge::Conflict => MessageAcceptance::Reject,
+                            _ => MessageAcceptance::Accept,
+                        }
                     }
-                    (Some(_), Ok(_)) => MessageAcceptance::Ignore,
+                    (Some(_), Ok(record)) => {
+                        // Signed with our key but not published by us.
+                        self.check_clone(&record, "gossip");
+                        MessageAcceptance::Ignore
+                    }
                     (None, _) => {
                         self.metrics
                             .gossip_rejected
@@ -816,7 +883,11 @@ impl EventLoop {
         let mut n = 0;
         for k in known.iter().take(MAX_KNOWN_RECORDS) {
             let Ok(p) = k.peer_id.parse::<PeerId>() else { continue };
-            if p == self.local_peer || p == peer || k.record.validate().is_err() {
+            if p == self.local_peer {
+                self.check_clone(&k.record, "record exchange");
+                continue;
+            }
+            if p == peer || k.record.validate().is_err() {
                 continue;
             }
             n += 1;
@@ -892,15 +963,15 @@ impl EventLoop {
     ) {
         match request.kind {
             RequestKind::Hello => {
+                // What we held before this request: if our record of the
+                // requester is not one it made, it learns of its clone.
+                let known = self.known_for(peer);
                 let ok = self.merge_exchange(peer, &request.record, &request.known);
                 if let Err(e) = &ok {
                     tracing::debug!(%peer, error = %e, "refused a registration");
                 }
                 self.count_registration("inbound", ok.is_ok());
-                let resp = RegisterResponse {
-                    record: self.own_record(false),
-                    known: self.known_for(peer),
-                };
+                let resp = RegisterResponse { record: self.own_record(false), known };
                 let _ = self.swarm.behaviour_mut().register.send_response(channel, resp);
             }
             RequestKind::Leave => {

@@ -15,7 +15,7 @@ pub const IDENTIFY_PROTOCOL: &str = "/aios/1.0.0";
 /// Largest CBOR record we publish or accept on gossip, in bytes.
 pub const MAX_RECORD_BYTES: usize = 4 * 1024;
 /// Largest number of third-party records in one exchange.
-pub const MAX_KNOWN_RECORDS: usize = 1024;
+pub const MAX_KNOWN_RECORDS: usize = 256;
 
 /// One cell's state, as it publishes it. The author is the gossip message's
 /// signed source (or the request-response peer), never a field.

@@ -8,6 +8,7 @@
 //! - [`api`]: the HTTP API (axum) the seed's clients call.
 //! - [`metrics`]: one prometheus-client registry, served on `/metrics`.
 //! - [`client`]: the `health`, `peers` and `sync` verbs against a running cell.
+//! - [`state`]: crash-safe state (level, last peers) in the data dir.
 //!
 //! [`Cell::start`] runs a whole cell on already-resolved config; the binary
 //! only parses flags, sets up logging and waits for a signal.
@@ -19,6 +20,7 @@ pub mod identity;
 pub mod mesh;
 pub mod metrics;
 pub mod network;
+pub mod state;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -85,8 +87,19 @@ impl Cell {
         let cell_metrics = metrics::CellMetrics::register(&mut registry);
         let swarm = network::behaviour::build_swarm(key, &config, &mut registry)?;
         let p2p_metrics = libp2p::metrics::Metrics::new(&mut registry);
-        let (event_loop, handle) =
-            network::EventLoop::new(swarm, &config, cell_metrics.clone(), p2p_metrics)?;
+        let restored = state::load(&config.data_dir).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the state file; starting from the configuration");
+            None
+        });
+        let (state_tx, state_rx) = tokio::sync::watch::channel(None);
+        let (event_loop, handle) = network::EventLoop::new(
+            swarm,
+            &config,
+            cell_metrics.clone(),
+            p2p_metrics,
+            restored,
+            state_tx,
+        )?;
         let registry = Arc::new(registry);
 
         let shutdown = CancellationToken::new();
@@ -104,7 +117,8 @@ impl Cell {
         let app = api::router(state, cell_metrics);
         let api_app = app.clone();
         let metrics_app = metrics::router(registry);
-        let mut servers = Vec::new();
+        let mut servers =
+            vec![tokio::spawn(state::saver(config.data_dir.clone(), state_rx, shutdown.clone()))];
         for (what, listener, app) in
             [("HTTP API", http, app), ("metrics", metrics_listener, metrics_app)]
         {

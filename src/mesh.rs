@@ -26,6 +26,8 @@ pub enum FoundBy {
     Inbound,
     /// Another cell told us about it (gossip or a record exchange).
     Gossip,
+    /// We were connected to it before a restart (the state file).
+    Rejoin,
 }
 
 /// What we believe about a cell's life.

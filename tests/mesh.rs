@@ -277,3 +277,53 @@ async fn a_cloned_identity_is_reported_as_degraded() {
     clone.shutdown().await;
     c.cell.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_cell_keeps_its_level_and_rejoins_without_config() {
+    let hub = start("hub2", vec![]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::loopback("phoenix", dir.path().to_path_buf());
+    config.peers = vec![format!("/ip4/127.0.0.1/tcp/{}", p2p_port(&hub).await).parse().unwrap()];
+    let cell = Cell::start(config.clone()).await.unwrap();
+    let id = cell.peer_id().to_base58();
+    let (status, _) =
+        post(&format!("http://{}/sync-consciousness", cell.http_addr()), json!({"level": 2.75}))
+            .await;
+    assert_eq!(status, 200);
+    wait_for(&hub, "phoenix connected", Duration::from_secs(5), |p| {
+        peer(p, &id).is_some_and(|e| e["consciousness_level"] == 2.75)
+    })
+    .await;
+    // Give the saver a moment, then crash: no clean shutdown.
+    tokio::time::sleep(aios_cell::state::SAVE_EVERY * 3).await;
+    cell.kill();
+    wait_for(&hub, "phoenix failed", Duration::from_secs(5), |p| {
+        state_of(p, &id).as_deref() == Some("failed")
+    })
+    .await;
+
+    // Restart with the same data dir and no configured peers.
+    config.peers.clear();
+    let again = Cell::start(config).await.unwrap();
+    assert_eq!(again.peer_id().to_base58(), id);
+    let h = get(&format!("http://{}/health", again.http_addr())).await;
+    assert_eq!(h["consciousness_level"], 2.75, "level restored");
+    wait_for(&hub, "phoenix back", Duration::from_secs(5), |p| {
+        state_of(p, &id).as_deref() == Some("alive")
+    })
+    .await;
+    again.shutdown().await;
+    hub.cell.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_corrupt_state_file_is_set_aside_and_the_cell_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(aios_cell::state::STATE_FILE), b"{\"level\": 3, trunc").unwrap();
+    let cell = Cell::start(Config::loopback("mend", dir.path().to_path_buf())).await.unwrap();
+    let h = get(&format!("http://{}/health", cell.http_addr())).await;
+    assert_eq!(h["status"], "healthy");
+    assert_eq!(h["consciousness_level"], 0.5);
+    assert!(dir.path().join("state.json.corrupt").exists());
+    cell.shutdown().await;
+}

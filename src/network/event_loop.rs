@@ -31,6 +31,7 @@ use crate::mesh::{
     now_ms, FoundBy, LocalState, Merge, MeshEvent, MeshView, PeerState, Snapshot, Transition,
 };
 use crate::metrics::{CellMetrics, ReasonLabel, RegistrationLabels};
+use crate::state::{RememberedPeer, State, MAX_REMEMBERED};
 
 /// Mesh events buffered for `GET /events` subscribers; a subscriber that
 /// falls this far behind is dropped rather than slow the loop.
@@ -96,6 +97,10 @@ pub struct EventLoop {
     commands: mpsc::Receiver<Command>,
     handle: Handle,
     snapshot_tx: watch::Sender<Arc<Snapshot>>,
+    /// Latest state for the saver task (never waits).
+    state_tx: watch::Sender<Option<State>>,
+    /// Cells from the last run, dialed once at start.
+    rejoin: Vec<(PeerId, Vec<Multiaddr>)>,
     events: broadcast::Sender<MeshEvent>,
     /// (connected, alive, degraded) at the last snapshot, to notice status changes.
     last_counts: (usize, usize, bool),
@@ -130,6 +135,8 @@ impl EventLoop {
         config: &Config,
         metrics: CellMetrics,
         p2p_metrics: libp2p::metrics::Metrics,
+        restored: Option<State>,
+        state_tx: watch::Sender<Option<State>>,
     ) -> Result<(EventLoop, Handle), NetworkError> {
         let ip = match config.p2p_ip {
             std::net::IpAddr::V4(v4) => Protocol::Ip4(v4),
@@ -156,12 +163,25 @@ impl EventLoop {
             .subscribe(&topic)
             .map_err(|e| NetworkError::Subscribe(e.to_string()))?;
         let local_peer = *swarm.local_peer_id();
-        let local = Local {
+        let mut local = Local {
             cell_id: config.cell_id.clone(),
             branch: config.branch.clone(),
             level: config.consciousness_level,
             seq: now_ms(),
         };
+        let mut rejoin = Vec::new();
+        if let Some(s) = restored {
+            // The level is the cell's own runtime state and survives; the
+            // branch comes from the configuration, which may have changed.
+            tracing::info!(
+                level = s.level,
+                peers = s.peers.len(),
+                "restored state from the last run"
+            );
+            local.level = s.level;
+            local.seq = local.seq.max(s.seq);
+            rejoin = s.peers.iter().filter_map(RememberedPeer::parsed).collect();
+        }
         let (tx, commands) = mpsc::channel(COMMAND_CHANNEL);
         let first = Arc::new(Snapshot {
             local: LocalState {
@@ -206,6 +226,8 @@ impl EventLoop {
                 commands,
                 handle: handle.clone(),
                 snapshot_tx,
+                state_tx,
+                rejoin,
                 events,
                 last_counts: (0, 0, false),
                 mesh: MeshView::new(local_peer, &config.cell_id),
@@ -239,6 +261,9 @@ impl EventLoop {
         let mut heartbeat = tokio::time::interval(self.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
+        for (peer, addrs) in std::mem::take(&mut self.rejoin) {
+            self.dial_peer(peer, addrs, FoundBy::Rejoin);
+        }
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -449,6 +474,19 @@ impl EventLoop {
                 peers_alive: counts.1,
             });
         }
+        let peers = snap
+            .peers
+            .iter()
+            .filter(|e| e.connected && !e.addresses.is_empty())
+            .take(MAX_REMEMBERED)
+            .map(|e| RememberedPeer { peer_id: e.peer_id.clone(), addrs: e.addresses.clone() })
+            .collect();
+        self.state_tx.send_replace(Some(State {
+            level: self.local.level,
+            branch: self.local.branch.clone(),
+            seq: self.local.seq,
+            peers,
+        }));
         self.snapshot_tx.send_replace(Arc::new(snap));
     }
 

@@ -148,9 +148,10 @@ mod tests {
     fn state_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load(dir.path()).unwrap(), None);
-        save(dir.path(), &state()).unwrap();
-        assert_eq!(load(dir.path()).unwrap(), Some(state()));
-        assert!(state().peers[0].parsed().is_some());
+        let s = state();
+        save(dir.path(), &s).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(s.clone()));
+        assert!(s.peers[0].parsed().is_some());
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub enum ConfigError {
     BadLevel(f64),
     #[error("no data directory: set AIOS_DATA_DIR or --data-dir")]
     NoDataDir,
+    #[error("cannot read the API token file {path}: {source}")]
+    TokenFile { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Invalid(String),
 }
@@ -112,6 +114,10 @@ pub struct Tuning {
     pub mdns_query_interval_secs: u64,
     /// How long an HTTP action waits for the swarm before answering 504.
     pub command_timeout_ms: u64,
+    /// POST requests per second allowed per client IP (429 beyond).
+    pub rate_limit_per_second: u64,
+    /// POST requests a client may make at once before the rate applies.
+    pub rate_limit_burst: u32,
 }
 
 impl Default for Tuning {
@@ -122,6 +128,8 @@ impl Default for Tuning {
             ping_timeout_ms: 2000,
             mdns_query_interval_secs: 30,
             command_timeout_ms: 5000,
+            rate_limit_per_second: 10,
+            rate_limit_burst: 20,
         }
     }
 }
@@ -228,6 +236,7 @@ pub struct FileConfig {
     pub peers: Option<Vec<String>>,
     pub data_dir: Option<PathBuf>,
     pub api_token: Option<String>,
+    pub api_token_file: Option<PathBuf>,
     pub vault_addr: Option<String>,
     pub prometheus_addr: Option<String>,
     pub log_format: Option<LogFormat>,
@@ -287,6 +296,9 @@ pub struct RunArgs {
     /// When set, mutating routes need `Authorization: Bearer <token>`
     #[arg(long, env = "AIOS_API_TOKEN", hide_env_values = true, global = true)]
     pub api_token: Option<String>,
+    /// Read the API token from this file (e.g. one a Vault agent writes)
+    #[arg(long, env = "AIOS_API_TOKEN_FILE", global = true)]
+    pub api_token_file: Option<PathBuf>,
     /// Vault address (shown in /health)
     #[arg(long, env = "AIOS_VAULT_ADDR", global = true)]
     pub vault_addr: Option<String>,
@@ -353,6 +365,24 @@ impl Config {
         if branch.chars().count() > 128 {
             return Err(ConfigError::Invalid("branch must be at most 128 characters".into()));
         }
+        let api_token = match args.api_token.or(file.api_token).filter(|t| !t.is_empty()) {
+            Some(t) => Some(t),
+            None => match args.api_token_file.or(file.api_token_file) {
+                Some(path) => {
+                    let t = std::fs::read_to_string(&path)
+                        .map_err(|source| ConfigError::TokenFile { path: path.clone(), source })?;
+                    let t = t.trim().to_owned();
+                    if t.is_empty() {
+                        return Err(ConfigError::Invalid(format!(
+                            "the API token file {} is empty",
+                            path.display()
+                        )));
+                    }
+                    Some(t)
+                }
+                None => None,
+            },
+        };
         let data_dir = match args.data_dir.or(file.data_dir) {
             Some(p) => p,
             None => default_data_dir().ok_or(ConfigError::NoDataDir)?,
@@ -369,7 +399,7 @@ impl Config {
             quic: args.quic.or(file.quic).unwrap_or(d.quic),
             peers,
             data_dir,
-            api_token: args.api_token.or(file.api_token).filter(|t| !t.is_empty()),
+            api_token,
             vault_addr: args.vault_addr.or(file.vault_addr),
             prometheus_addr: args.prometheus_addr.or(file.prometheus_addr),
             log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
@@ -446,6 +476,27 @@ mod tests {
         assert_eq!(c.tuning.ping_interval_ms, Tuning::default().ping_interval_ms);
         assert_eq!(c.http_addr, Config::default().http_addr);
         assert!(c.mdns);
+    }
+
+    #[test]
+    fn the_token_can_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let args = RunArgs {
+            api_token_file: Some(path.clone()),
+            data_dir: Some("/tmp/x".into()),
+            ..RunArgs::default()
+        };
+        let c = Config::layer(args.clone(), FileConfig::default()).unwrap();
+        assert_eq!(c.api_token.as_deref(), Some("s3cret"));
+        std::fs::write(&path, "  \n").unwrap();
+        assert!(Config::layer(args.clone(), FileConfig::default()).is_err());
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            Config::layer(args, FileConfig::default()),
+            Err(ConfigError::TokenFile { .. })
+        ));
     }
 
     #[test]

@@ -112,6 +112,10 @@ impl Cell {
             vault_addr: config.vault_addr.clone(),
             prometheus_addr: config.prometheus_addr.clone(),
             metrics: cell_metrics.clone(),
+            rate_limit: api::RateLimit {
+                per_second: config.tuning.rate_limit_per_second,
+                burst: config.tuning.rate_limit_burst,
+            },
             shutdown: shutdown.clone(),
         };
         let app = api::router(state, cell_metrics);
@@ -124,6 +128,8 @@ impl Cell {
         {
             let token = shutdown.clone();
             servers.push(tokio::spawn(async move {
+                // Connect info gives the rate limiter each client's IP.
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
                 let served = axum::serve(listener, app)
                     .with_graceful_shutdown(async move { token.cancelled().await });
                 if let Err(e) = served.await {

@@ -13,6 +13,8 @@ async fn cell(token: Option<&str>) -> (Cell, tempfile::TempDir) {
     let mut config = Config::loopback("router-test", dir.path().to_path_buf());
     config.api_token = token.map(str::to_owned);
     config.tuning.command_timeout_ms = 3000;
+    // The bad-input table posts fast; the limiter has its own test.
+    config.tuning.rate_limit_burst = 10_000;
     (Cell::start(config).await.unwrap(), dir)
 }
 
@@ -285,5 +287,33 @@ async fn metrics_are_openmetrics_with_route_labels() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
+    cell.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_posts_too_fast_gets_429_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::loopback("limited", dir.path().to_path_buf());
+    config.tuning.rate_limit_per_second = 1;
+    config.tuning.rate_limit_burst = 3;
+    let cell = Cell::start(config).await.unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/sync-consciousness", cell.http_addr());
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let r = http.post(&url).send().await.unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!(retry >= 1);
+            let v: Value = r.json().await.unwrap();
+            assert!(v["error"].as_str().unwrap().contains("too many requests"), "{v}");
+        }
+    }
+    assert_eq!(&statuses[..3], &[200, 200, 200], "{statuses:?}");
+    assert!(statuses[3..].contains(&429), "{statuses:?}");
+    // Reads are not limited.
+    let h = http.get(format!("http://{}/health", cell.http_addr())).send().await.unwrap();
+    assert_eq!(h.status(), 200);
     cell.shutdown().await;
 }

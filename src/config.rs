@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 /// Default libp2p port (TCP and QUIC).
 pub const DEFAULT_P2P_PORT: u16 = 8001;
+/// A swarm key here in the data dir is used without configuration.
+pub const SWARM_KEY_FILE: &str = "swarm.key";
 /// Default HTTP API port; a configured peer on this port is a likely mistake.
 pub const DEFAULT_HTTP_PORT: u16 = 8000;
 
@@ -165,6 +167,9 @@ pub struct Config {
     pub p2p_port: u16,
     pub mdns: bool,
     pub quic: bool,
+    /// Pre-shared key file (Kubo's swarm.key): only cells with the same key
+    /// connect. TCP only: QUIC is off when set.
+    pub swarm_key: Option<PathBuf>,
     pub peers: Vec<PeerAddr>,
     pub data_dir: PathBuf,
     pub api_token: Option<String>,
@@ -186,6 +191,7 @@ impl Default for Config {
             p2p_port: DEFAULT_P2P_PORT,
             mdns: true,
             quic: true,
+            swarm_key: None,
             peers: Vec::new(),
             data_dir: default_data_dir().unwrap_or_else(|| PathBuf::from("aios-data")),
             api_token: None,
@@ -233,6 +239,7 @@ pub struct FileConfig {
     pub p2p_port: Option<u16>,
     pub mdns: Option<bool>,
     pub quic: Option<bool>,
+    pub swarm_key: Option<PathBuf>,
     pub peers: Option<Vec<String>>,
     pub data_dir: Option<PathBuf>,
     pub api_token: Option<String>,
@@ -287,6 +294,9 @@ pub struct RunArgs {
     /// QUIC transport beside TCP [default: true]
     #[arg(long, env = "AIOS_QUIC", global = true)]
     pub quic: Option<bool>,
+    /// Pre-shared swarm key file (Kubo's swarm.key format); turns QUIC off
+    #[arg(long, env = "AIOS_SWARM_KEY", global = true)]
+    pub swarm_key: Option<PathBuf>,
     /// Comma-separated peers to dial: multiaddrs or host[:port] (libp2p port, 8001 if left out)
     #[arg(long, env = "AIOS_NETWORK_PEERS", value_delimiter = ',', global = true)]
     pub peers: Option<Vec<String>>,
@@ -397,12 +407,17 @@ impl Config {
             p2p_port: args.p2p_port.or(file.p2p_port).unwrap_or(d.p2p_port),
             mdns: args.mdns.or(file.mdns).unwrap_or(d.mdns),
             quic: args.quic.or(file.quic).unwrap_or(d.quic),
+            // Like Kubo: a swarm.key in the data dir makes the mesh private.
+            swarm_key: args
+                .swarm_key
+                .or(file.swarm_key)
+                .or_else(|| Some(data_dir.join(SWARM_KEY_FILE)).filter(|p| p.exists())),
             peers,
-            data_dir,
             api_token,
             vault_addr: args.vault_addr.or(file.vault_addr),
             prometheus_addr: args.prometheus_addr.or(file.prometheus_addr),
             log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
+            data_dir,
             tuning: file.tuning.unwrap_or(d.tuning),
         })
     }

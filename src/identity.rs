@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use libp2p::identity::Keypair;
+use libp2p::pnet::PreSharedKey;
 
 /// File name of the identity key inside the data dir.
 pub const KEY_FILE: &str = "identity.key";
@@ -20,6 +21,38 @@ pub enum IdentityError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("identity key {path} is corrupt ({reason}); move it aside to make a new identity (the peer id will change)")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("cannot read swarm key {path}: {source}")]
+    ReadSwarmKey { path: PathBuf, source: std::io::Error },
+    #[error("swarm key {path} is not a Kubo-style swarm.key (/key/swarm/psk/1.0.0/, /base16/, 64 hex digits): {reason}")]
+    BadSwarmKey { path: PathBuf, reason: String },
+    #[error("{path} exists already; remove it first to make a new key")]
+    Exists { path: PathBuf },
+}
+
+/// Reads a pre-shared swarm key in Kubo's `swarm.key` format.
+pub fn load_swarm_key(path: &Path) -> Result<PreSharedKey, IdentityError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| IdentityError::ReadSwarmKey { path: path.to_owned(), source })?;
+    text.trim()
+        .parse::<PreSharedKey>()
+        .map_err(|e| IdentityError::BadSwarmKey { path: path.to_owned(), reason: e.to_string() })
+}
+
+/// Writes a new random swarm key (owner-only) and returns its fingerprint.
+/// Refuses to overwrite an existing file.
+pub fn generate_swarm_key(path: &Path) -> Result<String, IdentityError> {
+    if path.exists() {
+        return Err(IdentityError::Exists { path: path.to_owned() });
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| IdentityError::CreateDir { path: dir.to_owned(), source })?;
+    }
+    let key = PreSharedKey::new(rand::random());
+    let fingerprint = key.fingerprint().to_string();
+    write_private(path, key.to_key_file().as_bytes())
+        .map_err(|source| IdentityError::Write { path: path.to_owned(), source })?;
+    Ok(fingerprint)
 }
 
 /// Loads the keypair from `data_dir/identity.key`, or creates one there.
@@ -87,6 +120,21 @@ mod tests {
             let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn swarm_keys_round_trip_and_are_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("swarm.key");
+        let fp = generate_swarm_key(&path).unwrap();
+        let key = load_swarm_key(&path).unwrap();
+        assert_eq!(key.fingerprint().to_string(), fp);
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .starts_with("/key/swarm/psk/1.0.0/\n/base16/\n"));
+        assert!(matches!(generate_swarm_key(&path), Err(IdentityError::Exists { .. })));
+        std::fs::write(&path, "/key/swarm/psk/1.0.0/\n/base16/\nzz\n").unwrap();
+        assert!(matches!(load_swarm_key(&path), Err(IdentityError::BadSwarmKey { .. })));
     }
 
     #[test]

@@ -67,8 +67,20 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpLis
 impl Cell {
     /// Starts a cell: loads (or makes) its identity, binds the HTTP and
     /// metrics ports, starts listening on libp2p, and spawns the tasks.
-    pub async fn start(config: Config) -> Result<Cell, Error> {
+    pub async fn start(mut config: Config) -> Result<Cell, Error> {
         let key = identity::load_or_create(&config.data_dir)?;
+        let psk = match &config.swarm_key {
+            Some(path) => {
+                let psk = identity::load_swarm_key(path)?;
+                tracing::info!(
+                    fingerprint = %psk.fingerprint(),
+                    "private mesh: only cells with this swarm key can connect; QUIC is off (pnet works over TCP only)"
+                );
+                config.quic = false;
+                Some(psk)
+            }
+            None => None,
+        };
         let peer_id = key.public().to_peer_id();
         let http = bind("HTTP API", config.http_addr).await?;
         let metrics_listener = bind("metrics server", config.metrics_addr).await?;
@@ -85,7 +97,7 @@ impl Cell {
 
         let mut registry = Registry::default();
         let cell_metrics = metrics::CellMetrics::register(&mut registry);
-        let swarm = network::behaviour::build_swarm(key, &config, &mut registry)?;
+        let swarm = network::behaviour::build_swarm(key, &config, psk, &mut registry)?;
         let p2p_metrics = libp2p::metrics::Metrics::new(&mut registry);
         let restored = state::load(&config.data_dir).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read the state file; starting from the configuration");

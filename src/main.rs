@@ -39,6 +39,11 @@ enum Cmd {
     Run,
     /// Print this machine's peer id (creating the identity if needed)
     Id,
+    /// Write a new pre-shared swarm key (Kubo's swarm.key format) for a private mesh
+    Keygen {
+        /// Where to write it [default: swarm.key in the data dir, which cells use automatically]
+        path: Option<std::path::PathBuf>,
+    },
     /// Show a running cell's health
     Health(ClientArgs),
     /// List the cells a running cell knows
@@ -129,7 +134,7 @@ async fn client_verb(cmd: Cmd, token: Option<String>) -> anyhow::Result<()> {
             print!("{}", if client.json { format!("{v:#}\n") } else { client::format_sync(&v) });
             return Ok(());
         }
-        Cmd::Run | Cmd::Id => unreachable!("handled by main"),
+        Cmd::Run | Cmd::Id | Cmd::Keygen { .. } => unreachable!("handled by main"),
     };
     let c = Client::new(&args.api, token)?;
     let v = if fut == 0 { c.health().await? } else { c.peers().await? };
@@ -160,6 +165,19 @@ fn main() -> ExitCode {
                 let (config, _) = Config::resolve(&cli.run).context("configuration")?;
                 let key = aios_cell::identity::load_or_create(&config.data_dir)?;
                 println!("{}", key.public().to_peer_id());
+                Ok(())
+            }
+            Some(Cmd::Keygen { path }) => {
+                let path = match path {
+                    Some(p) => p,
+                    None => {
+                        let (config, _) = Config::resolve(&cli.run).context("configuration")?;
+                        config.data_dir.join(aios_cell::config::SWARM_KEY_FILE)
+                    }
+                };
+                let fingerprint = aios_cell::identity::generate_swarm_key(&path)?;
+                println!("wrote {} (fingerprint {fingerprint})", path.display());
+                println!("copy it to every cell's data dir, or point AIOS_SWARM_KEY at it");
                 Ok(())
             }
             Some(cmd) => client_verb(cmd, cli.run.api_token.clone()).await,

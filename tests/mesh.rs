@@ -327,3 +327,52 @@ async fn a_corrupt_state_file_is_set_aside_and_the_cell_starts() {
     assert!(dir.path().join("state.json.corrupt").exists());
     cell.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_cells_with_the_same_swarm_key_connect() {
+    init_logs();
+    let keys = tempfile::tempdir().unwrap();
+    let (k1, k2) = (keys.path().join("k1"), keys.path().join("k2"));
+    aios_cell::identity::generate_swarm_key(&k1).unwrap();
+    aios_cell::identity::generate_swarm_key(&k2).unwrap();
+    async fn start_keyed(name: &str, key: Option<&std::path::Path>, peers: Vec<PeerAddr>) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::loopback(name, dir.path().to_path_buf());
+        config.swarm_key = key.map(|k| k.to_path_buf());
+        config.peers = peers;
+        let cell = Cell::start(config).await.unwrap();
+        let api = format!("http://{}", cell.http_addr());
+        Node { cell, api, _dir: dir }
+    }
+    let a = start_keyed("key-a", Some(&k1), vec![]).await;
+    let h = get(&format!("{}/health", a.api)).await;
+    assert!(
+        h["listen_addrs"].as_array().unwrap().iter().all(|a| !a.as_str().unwrap().contains("quic")),
+        "QUIC is off in a private mesh: {h}"
+    );
+    let to_a: Vec<PeerAddr> =
+        vec![format!("/ip4/127.0.0.1/tcp/{}", p2p_port(&a).await).parse().unwrap()];
+    let b = start_keyed("key-b", Some(&k1), to_a.clone()).await;
+    let other_key = start_keyed("other-key", Some(&k2), to_a.clone()).await;
+    let no_key = start_keyed("no-key", None, to_a.clone()).await;
+    let b_id = b.cell.peer_id().to_base58();
+    wait_for(&a, "b (same key) connected", Duration::from_secs(5), |p| {
+        peer(p, &b_id).is_some_and(|e| e["connected"] == true && e["state"] == "alive")
+    })
+    .await;
+    // Give the others time to try (and retry) too.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let p = get(&format!("{}/peers", a.api)).await;
+    for n in [&other_key, &no_key] {
+        let id = n.cell.peer_id().to_base58();
+        assert!(peer(&p, &id).is_none_or(|e| e["connected"] == false), "{p:#}");
+        let theirs = get(&format!("{}/peers", n.api)).await;
+        assert!(
+            theirs["peers"].as_array().unwrap().iter().all(|e| e["connected"] == false),
+            "{theirs:#}"
+        );
+    }
+    for n in [a, b, other_key, no_key] {
+        n.cell.shutdown().await;
+    }
+}

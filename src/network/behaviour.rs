@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use libp2p::core::upgrade::Version;
+use libp2p::core::Transport;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
@@ -108,43 +111,68 @@ fn behaviour(key: &Keypair, config: &Config) -> Result<Behaviour, NetworkError> 
 }
 
 /// Builds the swarm: TCP (Noise, Yamux) and QUIC v1, bandwidth metrics in
-/// `registry`.
+/// `registry`. With a pre-shared key, TCP only, every connection wrapped in
+/// libp2p's pnet before Noise.
 pub fn build_swarm(
     key: Keypair,
     config: &Config,
+    psk: Option<PreSharedKey>,
     registry: &mut Registry,
 ) -> Result<Swarm<Behaviour>, NetworkError> {
     let b = behaviour(&key, config)?;
-    let idle = Duration::from_secs(365 * 24 * 3600);
-    let builder = libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-        .map_err(|e| NetworkError::Transport(e.to_string()))?;
     // Cells keep a connection to every other cell for as long as both run;
     // only gossipsub's mesh peers would keep a connection alive on their own,
     // so the idle timeout is set out of the way. Duplicate connections are
     // pruned by the event loop instead.
-    let swarm = if config.quic {
+    let idle = Duration::from_secs(365 * 24 * 3600);
+    let tcp_config = tcp::Config::default().nodelay(true);
+    let transport_err = |e: &dyn std::fmt::Display| NetworkError::Transport(e.to_string());
+    let behaviour_err = |e: &dyn std::fmt::Display| NetworkError::Behaviour(e.to_string());
+    let builder = libp2p::SwarmBuilder::with_existing_identity(key).with_tokio();
+    let swarm = if let Some(psk) = psk {
         builder
-            .with_quic_config(|mut c| {
-                // A crashed process sends nothing over UDP: notice it after
-                // 3 s of silence instead of the 10 s default.
-                c.max_idle_timeout = 3_000;
-                c.keep_alive_interval = Duration::from_secs(1);
-                c
+            .with_other_transport(|key| {
+                let noise = noise::Config::new(key)?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    tcp::tokio::Transport::new(tcp_config)
+                        .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                        .upgrade(Version::V1Lazy)
+                        .authenticate(noise)
+                        .multiplex(yamux::Config::default()),
+                )
             })
+            .map_err(|e| transport_err(&e))?
             .with_bandwidth_metrics(registry)
             .with_behaviour(|_| b)
-            .map_err(|e| NetworkError::Behaviour(e.to_string()))?
+            .map_err(|e| behaviour_err(&e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build()
     } else {
-        builder
-            .with_bandwidth_metrics(registry)
-            .with_behaviour(|_| b)
-            .map_err(|e| NetworkError::Behaviour(e.to_string()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-            .build()
+        let builder = builder
+            .with_tcp(tcp_config, noise::Config::new, yamux::Config::default)
+            .map_err(|e| transport_err(&e))?;
+        if config.quic {
+            builder
+                .with_quic_config(|mut c| {
+                    // A crashed process sends nothing over UDP: notice it
+                    // after 3 s of silence instead of the 10 s default.
+                    c.max_idle_timeout = 3_000;
+                    c.keep_alive_interval = Duration::from_secs(1);
+                    c
+                })
+                .with_bandwidth_metrics(registry)
+                .with_behaviour(|_| b)
+                .map_err(|e| behaviour_err(&e))?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+                .build()
+        } else {
+            builder
+                .with_bandwidth_metrics(registry)
+                .with_behaviour(|_| b)
+                .map_err(|e| behaviour_err(&e))?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+                .build()
+        }
     };
     Ok(swarm)
 }

@@ -122,6 +122,10 @@ pub struct EventLoop {
     retry: HashMap<PeerId, Retry>,
     configured: Vec<Configured>,
     heartbeat: Duration,
+    /// A pre-shared key is set: failed handshakes are most likely a key
+    /// mismatch, and are explained once per remote address.
+    private: bool,
+    handshake_warned: std::collections::HashSet<String>,
     /// The peer of the last anti-entropy exchange (round-robin cursor).
     last_exchange: Option<PeerId>,
     dirty: bool,
@@ -246,6 +250,8 @@ impl EventLoop {
                 retry: HashMap::new(),
                 configured,
                 heartbeat: config.tuning.heartbeat(),
+                private: config.swarm_key.is_some(),
+                handshake_warned: Default::default(),
                 last_exchange: None,
                 dirty: true,
                 soft_dirty: false,
@@ -560,6 +566,37 @@ impl EventLoop {
         merge
     }
 
+    /// In a private mesh, says once per remote why a connection failed: the
+    /// other side most likely has a different swarm key, or none.
+    fn explain_handshake_failure(&mut self, remote: &str, error: &str) {
+        let handshake = error.contains("andshake") || error.contains("negotiat");
+        if remote.is_empty() || error.contains("Connection refused") || !(self.private || handshake)
+        {
+            return;
+        }
+        if self.handshake_warned.len() > 1024 {
+            self.handshake_warned.clear();
+        }
+        if !self.handshake_warned.insert(remote.to_owned()) {
+            return;
+        }
+        if self.private {
+            tracing::warn!(
+                remote,
+                error,
+                "a connection failed in the handshake: this is a private mesh, and the other cell \
+                 probably has a different swarm key or none (compare the key fingerprints in the start logs)"
+            );
+        } else {
+            tracing::warn!(
+                remote,
+                error,
+                "a connection failed in the handshake: the other side may be a cell in a private mesh \
+                 (it has a swarm key and this cell has none), or not a cell at all"
+            );
+        }
+    }
+
     /// A record under our own peer id that we did not make means another
     /// process holds our key: a cloned machine image, usually.
     fn check_clone(&mut self, record: &CellRecord, via: &str) {
@@ -766,7 +803,15 @@ impl EventLoop {
             }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
                 let reason = error.to_string();
-                if let Some(p) = self.pending_dials.remove(&connection_id) {
+                let pending = self.pending_dials.remove(&connection_id);
+                let remote = peer_id
+                    .map(|p| p.to_base58())
+                    .or_else(|| {
+                        pending.as_ref().and_then(|p| p.addr.as_ref()).map(|a| a.to_string())
+                    })
+                    .unwrap_or_default();
+                self.explain_handshake_failure(&remote, &reason);
+                if let Some(p) = pending {
                     if let Some(reply) = p.reply {
                         let target = p.addr.map(|a| a.to_string()).unwrap_or_default();
                         let _ = reply.send(Err(CommandError::Unreachable(with_hint(
@@ -794,6 +839,8 @@ impl EventLoop {
             }
             SwarmEvent::IncomingConnectionError { error, send_back_addr, .. } => {
                 tracing::debug!(from = %send_back_addr, error = %error, "incoming connection failed");
+                let ip = send_back_addr.iter().next().map(|p| p.to_string()).unwrap_or_default();
+                self.explain_handshake_failure(&ip, &error.to_string());
             }
             _ => {}
         }

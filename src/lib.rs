@@ -26,12 +26,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use libp2p::PeerId;
+pub use libp2p::PeerId;
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+
 pub use network::Handle;
 
 /// How long [`Cell::shutdown`] lets in-flight HTTP requests finish.

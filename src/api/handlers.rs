@@ -32,6 +32,15 @@ fn parse_body<T: DeserializeOwned>(
             Error::BadRequest(format!("cannot read request body: {}", r.body_text()))
         }
     })?;
+    parse_json(headers.get(header::CONTENT_TYPE), &body, allow_empty)
+}
+
+/// Parses a JSON body given its content type (checked only when present).
+fn parse_json<T: DeserializeOwned>(
+    content_type: Option<&axum::http::HeaderValue>,
+    body: &[u8],
+    allow_empty: bool,
+) -> Result<Option<T>, Error> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return if allow_empty {
             Ok(None)
@@ -39,14 +48,14 @@ fn parse_body<T: DeserializeOwned>(
             Err(Error::BadRequest("request body is empty; expected a JSON object".into()))
         };
     }
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+    if let Some(ct) = content_type {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
         let essence = ct.split(';').next().unwrap_or("").trim();
         if !(essence == "application/json" || essence.ends_with("+json")) {
             return Err(Error::UnsupportedMediaType);
         }
     }
-    serde_json::from_slice::<T>(&body).map(Some).map_err(|e| match e.classify() {
+    serde_json::from_slice::<T>(body).map(Some).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => Error::Unprocessable(format!("invalid request: {e}")),
         _ => Error::BadRequest(format!("malformed JSON: {e}")),
     })
@@ -168,6 +177,24 @@ pub(super) async fn register(
     let Some(b) = parse_body::<RegisterBody>(&headers, body, false)? else {
         return Err(Error::BadRequest("request body is empty".into()));
     };
+    let target = check_register(&b)?;
+    let out = state.handle.register(target).await?;
+    if out.cell_id != b.cell_id {
+        tracing::info!(
+            asked = b.cell_id,
+            answered = out.cell_id,
+            "registered cell reports another cell_id"
+        );
+    }
+    Ok(Json(json!({
+        "status": "registered",
+        "registered_cell_id": b.cell_id,
+        "peer": out,
+    })))
+}
+
+/// Validates a `POST /register` body and says where to dial.
+pub fn check_register(b: &RegisterBody) -> Result<RegisterTarget, Error> {
     if b.cell_id.trim().is_empty() || b.cell_id.chars().count() > 128 {
         return Err(Error::Unprocessable("cell_id must be 1-128 characters".into()));
     }
@@ -191,19 +218,26 @@ pub(super) async fn register(
             port: b.p2p_port.unwrap_or(crate::config::DEFAULT_P2P_PORT),
         },
     };
-    let out = state.handle.register(target).await?;
-    if out.cell_id != b.cell_id {
-        tracing::info!(
-            asked = b.cell_id,
-            answered = out.cell_id,
-            "registered cell reports another cell_id"
-        );
+    Ok(target)
+}
+
+/// Parses and validates a `POST /register` body as the route does (used by
+/// the fuzz targets): JSON errors, then field checks.
+pub fn parse_register(body: &[u8]) -> Result<RegisterTarget, Error> {
+    match parse_json::<RegisterBody>(None, body, false)? {
+        Some(b) => check_register(&b),
+        None => Err(Error::BadRequest("request body is empty".into())),
     }
-    Ok(Json(json!({
-        "status": "registered",
-        "registered_cell_id": b.cell_id,
-        "peer": out,
-    })))
+}
+
+/// Parses and validates a `POST /sync-consciousness` body as the route
+/// does: the level to set, if any.
+pub fn parse_sync(body: &[u8]) -> Result<Option<f64>, Error> {
+    let body = parse_json::<SyncBody>(None, body, true)?;
+    match body.and_then(|b| b.level) {
+        Some(l) => Ok(Some(validate_level(l).map_err(|e| Error::Unprocessable(e.to_string()))?)),
+        None => Ok(None),
+    }
 }
 
 /// `POST /sync-consciousness` body (optional).

@@ -193,6 +193,17 @@ mod tests {
     }
 
     #[test]
+    fn the_fuzz_seeds_decode() {
+        let seeds = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds");
+        let record = std::fs::read(format!("{seeds}/gossip_record/record")).unwrap();
+        assert_eq!(CellRecord::from_cbor(&record).unwrap().cell_id, "laptop");
+        let hello = std::fs::read(format!("{seeds}/register_exchange/hello")).unwrap();
+        let req: RegisterRequest = cbor4ii::serde::from_slice(&hello).unwrap();
+        assert_eq!(req.kind, RequestKind::Hello);
+        assert_eq!(req.known.len(), 1);
+    }
+
+    #[test]
     fn bad_records_are_refused() {
         let mut r = record();
         r.level = f64::NAN;

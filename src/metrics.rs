@@ -40,6 +40,9 @@ pub struct StateLabel {
     pub state: &'static str,
 }
 
+/// Why gossip messages are rejected (`aios_gossip_messages_rejected_total`).
+pub const REJECT_REASONS: [&str; 3] = ["invalid", "unsigned", "cell_id_taken"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
@@ -148,6 +151,11 @@ impl CellMetrics {
             prometheus_client::registry::Unit::Seconds,
             m.http_duration.clone(),
         );
+        // Export every known reason from the start, at 0, so dashboards
+        // show 0 rather than "no data".
+        for reason in REJECT_REASONS {
+            m.gossip_rejected.get_or_create(&ReasonLabel { reason });
+        }
         m
     }
 

@@ -154,7 +154,7 @@ impl CellMetrics {
         // Export every known reason from the start, at 0, so dashboards
         // show 0 rather than "no data".
         for reason in REJECT_REASONS {
-            m.gossip_rejected.get_or_create(&ReasonLabel { reason });
+            m.gossip_rejected.get_or_create(&ReasonLabel { reason }).inc_by(0);
         }
         m
     }

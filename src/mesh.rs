@@ -110,6 +110,14 @@ pub struct MeshView {
 struct Row {
     entry: PeerEntry,
     addrs: BTreeSet<Multiaddr>,
+    /// We have been connected to it or heard from it directly: its
+    /// `cell_joined` has been announced. Rows made by discovery alone have not.
+    joined: bool,
+}
+
+/// An address without its `/p2p/<peer id>` suffix (mDNS adds one).
+fn strip_p2p(addr: &Multiaddr) -> Multiaddr {
+    addr.iter().filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_))).collect()
 }
 
 /// Unix time in milliseconds.
@@ -155,6 +163,7 @@ impl MeshView {
                 agent: None,
             },
             addrs: BTreeSet::new(),
+            joined: false,
         })
     }
 
@@ -169,7 +178,7 @@ impl MeshView {
     pub fn discovered(&mut self, peer: PeerId, addrs: &[Multiaddr], found: FoundBy) -> bool {
         let known = self.peers.contains_key(&peer);
         let row = self.row(peer, found);
-        row.addrs.extend(addrs.iter().cloned());
+        row.addrs.extend(addrs.iter().map(strip_p2p));
         !known
     }
 
@@ -180,14 +189,15 @@ impl MeshView {
         addr: Option<&Multiaddr>,
         found: FoundBy,
     ) -> Option<Transition> {
-        let known = self.peers.contains_key(&peer);
         let row = self.row(peer, found);
         row.entry.connected = true;
         row.entry.last_seen_ms = now_ms();
         if let Some(a) = addr {
-            row.addrs.insert(a.clone());
+            row.addrs.insert(strip_p2p(a));
         }
-        if !known {
+        if !row.joined {
+            row.joined = true;
+            row.entry.state = PeerState::Alive;
             return Some(Transition { peer, from: None, to: PeerState::Alive });
         }
         Self::set_state(row, peer, PeerState::Alive)
@@ -225,7 +235,7 @@ impl MeshView {
     pub fn identified(&mut self, peer: PeerId, agent: &str, addrs: &[Multiaddr]) {
         if let Some(row) = self.peers.get_mut(&peer) {
             row.entry.agent = Some(agent.to_owned());
-            row.addrs.extend(addrs.iter().cloned());
+            row.addrs.extend(addrs.iter().map(strip_p2p));
         }
     }
 
@@ -243,8 +253,12 @@ impl MeshView {
             return (Merge::Conflict, None);
         }
         let known = self.peers.contains_key(&peer);
-        if known && self.peers.get(&peer).is_some_and(|r| record.seq <= r.entry.seq) {
-            return (Merge::Stale, None);
+        if let Some(r) = self.peers.get(&peer) {
+            // The same or an older record; or a third party's word about a
+            // cell that speaks to us itself (its own records win).
+            if record.seq <= r.entry.seq || (!direct && r.entry.connected) {
+                return (Merge::Stale, None);
+            }
         }
         self.claims.retain(|_, owner| *owner != peer);
         self.claims.insert(record.cell_id.clone(), peer);
@@ -253,12 +267,13 @@ impl MeshView {
         row.entry.branch = Some(record.branch.clone());
         row.entry.consciousness_level = Some(record.level);
         row.entry.seq = record.seq;
-        row.addrs.extend(record.addrs.iter().filter_map(|a| a.parse().ok()));
+        row.addrs.extend(record.addrs.iter().filter_map(|a| a.parse().ok()).map(|a| strip_p2p(&a)));
         if direct && !record.agent.is_empty() {
             row.entry.agent = Some(record.agent.clone());
         }
         row.entry.last_seen_ms = now_ms();
-        let to = if record.leaving {
+        // Only the cell itself can say it is leaving.
+        let to = if record.leaving && direct {
             PeerState::Left
         } else if direct || row.entry.connected {
             PeerState::Alive
@@ -268,10 +283,13 @@ impl MeshView {
             // and get dialed, which settles it).
             row.entry.state
         };
-        let t = Self::set_state(row, peer, to);
         let merge = if known { Merge::Updated } else { Merge::New };
-        let t = if known { t } else { Some(Transition { peer, from: None, to }) };
-        (merge, t)
+        if !row.joined {
+            row.joined = true;
+            row.entry.state = to;
+            return (merge, Some(Transition { peer, from: None, to }));
+        }
+        (merge, Self::set_state(row, peer, to))
     }
 
     /// Records for the peers we believe alive, for a record exchange.
@@ -289,7 +307,12 @@ impl MeshView {
                     branch: e.branch.clone().unwrap_or_default(),
                     seq: e.seq,
                     at_ms: e.last_seen_ms,
-                    addrs: row.addrs.iter().map(|a| a.to_string()).collect(),
+                    addrs: row
+                        .addrs
+                        .iter()
+                        .take(crate::network::protocol::MAX_ADDRS)
+                        .map(|a| a.to_string())
+                        .collect(),
                     agent: e.agent.clone().unwrap_or_default(),
                     leaving: false,
                 },
@@ -500,6 +523,39 @@ mod tests {
         assert_eq!(m.merge(b, &spoof, FoundBy::Gossip, true).0, Merge::New);
         // a renaming itself frees nothing it does not hold.
         assert_eq!(m.claimed_by_other(a, "c"), Some(b));
+    }
+
+    #[test]
+    fn a_discovered_cell_joins_once_when_it_connects() {
+        let mut m = MeshView::default();
+        let p = PeerId::random();
+        let addr: Multiaddr =
+            "/ip4/10.0.0.2/tcp/8001/p2p/12D3KooWPTxbx3mYppet2XA9Fs2zUCW8hqCovwKsgTFAco2GVG7G"
+                .parse()
+                .unwrap();
+        assert!(m.discovered(p, &[addr], FoundBy::Mdns));
+        assert_eq!(m.entries()[0].addresses, vec!["/ip4/10.0.0.2/tcp/8001".to_string()]);
+        let t = m.connected(p, None, FoundBy::Mdns).unwrap();
+        assert_eq!(t.from, None, "cell_joined when it connects");
+        assert_eq!(m.merge(p, &rec(1, 0.5), FoundBy::Mdns, true).1, None, "no second join");
+    }
+
+    #[test]
+    fn third_parties_cannot_override_a_connected_cell_or_make_it_leave() {
+        let mut m = MeshView::default();
+        let (p, q) = (PeerId::random(), PeerId::random());
+        m.connected(p, None, FoundBy::Mdns);
+        m.merge(p, &rec(1, 0.5), FoundBy::Mdns, true);
+        assert_eq!(m.merge(p, &rec(99, 7.0), FoundBy::Gossip, false).0, Merge::Stale);
+        assert_eq!(m.get(&p).unwrap().consciousness_level, Some(0.5));
+        let mut leave = rec(5, 0.5);
+        leave.cell_id = "q".into();
+        leave.leaving = true;
+        let mut first = rec(1, 0.5);
+        first.cell_id = "q".into();
+        m.merge(q, &first, FoundBy::Gossip, false);
+        m.merge(q, &leave, FoundBy::Gossip, false);
+        assert_eq!(m.get(&q).unwrap().state, PeerState::Alive, "only q itself can say it left");
     }
 
     #[test]

@@ -87,136 +87,50 @@ async fn sync_without_body_is_the_extensions_call_and_with_level_sets_it() {
 
 #[tokio::test]
 async fn bad_inputs_are_4xx_json_and_change_nothing() {
+    use StatusCode as S;
     let (cell, _dir) = cell(None).await;
     let huge = format!(r#"{{"level": 1, "context": {{"pad": "{}"}}}}"#, "x".repeat(10 << 20));
     let long_id = "x".repeat(200);
     let register_long = format!(r#"{{"cell_id":"{long_id}","ip":"127.0.0.1","port":8000}}"#);
+    let (sync, register) = ("/sync-consciousness", "/register");
+    #[rustfmt::skip]
     let cases: Vec<(&str, &str, Option<&str>, String, StatusCode)> = vec![
-        // sync-consciousness
-        (
-            "POST",
-            "/sync-consciousness",
-            JSON,
-            r#"{"level": "high"}"#.into(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
-        (
-            "POST",
-            "/sync-consciousness",
-            JSON,
-            r#"{"level": -1}"#.into(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
-        ("POST", "/sync-consciousness", JSON, r#"{"level": NaN}"#.into(), StatusCode::BAD_REQUEST),
-        (
-            "POST",
-            "/sync-consciousness",
-            JSON,
-            r#"{"level": Infinity}"#.into(),
-            StatusCode::BAD_REQUEST,
-        ),
-        (
-            "POST",
-            "/sync-consciousness",
-            JSON,
-            r#"{"level": 1e999}"#.into(),
-            StatusCode::BAD_REQUEST,
-        ),
-        ("POST", "/sync-consciousness", JSON, r#"{"level": 1"#.into(), StatusCode::BAD_REQUEST),
-        ("POST", "/sync-consciousness", JSON, r#"[1, 2]"#.into(), StatusCode::UNPROCESSABLE_ENTITY),
-        (
-            "POST",
-            "/sync-consciousness",
-            JSON,
-            r#"{"lvl": 1}"#.into(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
-        (
-            "POST",
-            "/sync-consciousness",
-            JSON,
-            r#"{"level": 1, "context": 5}"#.into(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
-        (
-            "POST",
-            "/sync-consciousness",
-            Some("text/plain"),
-            r#"{"level": 1}"#.into(),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        ),
-        ("POST", "/sync-consciousness", JSON, huge, StatusCode::PAYLOAD_TOO_LARGE),
+        // sync-consciousness: the level
+        ("POST", sync, JSON, r#"{"level": "high"}"#.into(), S::UNPROCESSABLE_ENTITY),
+        ("POST", sync, JSON, r#"{"level": -1}"#.into(), S::UNPROCESSABLE_ENTITY),
+        ("POST", sync, JSON, r#"{"level": NaN}"#.into(), S::UNPROCESSABLE_ENTITY),
+        ("POST", sync, JSON, r#"{"level": Infinity}"#.into(), S::UNPROCESSABLE_ENTITY),
+        ("POST", sync, JSON, r#"{"level": -Infinity}"#.into(), S::UNPROCESSABLE_ENTITY),
+        ("POST", sync, JSON, r#"{"level": 1e999}"#.into(), S::UNPROCESSABLE_ENTITY),
+        ("POST", sync, JSON, r#"{"level": true}"#.into(), S::UNPROCESSABLE_ENTITY),
+        // sync-consciousness: the body
+        ("POST", sync, JSON, r#"{"level": 1"#.into(), S::BAD_REQUEST),
+        ("POST", sync, JSON, r#"{"level": 1} trailing"#.into(), S::BAD_REQUEST),
+        ("POST", sync, JSON, r#"[1, 2]"#.into(), S::UNPROCESSABLE_ENTITY),
+        ("POST", sync, JSON, r#"[0.9]"#.into(), S::UNPROCESSABLE_ENTITY),
+        ("POST", sync, JSON, r#""level""#.into(), S::UNPROCESSABLE_ENTITY),
+        ("POST", sync, JSON, r#"{"lvl": 1}"#.into(), S::UNPROCESSABLE_ENTITY),
+        ("POST", sync, JSON, r#"{"level": 1, "context": 5}"#.into(), S::UNPROCESSABLE_ENTITY),
+        ("POST", sync, Some("text/plain"), r#"{"level": 1}"#.into(), S::UNSUPPORTED_MEDIA_TYPE),
+        ("POST", sync, JSON, huge, S::PAYLOAD_TOO_LARGE),
         // register
-        ("POST", "/register", JSON, "".into(), StatusCode::BAD_REQUEST),
-        ("POST", "/register", JSON, "{}".into(), StatusCode::UNPROCESSABLE_ENTITY),
-        (
-            "POST",
-            "/register",
-            JSON,
-            r#"{"cell_id":"x","ip":"127.0.0.1"}"#.into(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
-        (
-            "POST",
-            "/register",
-            JSON,
-            r#"{"cell_id":"x","ip":"127.0.0.1","port":"80"}"#.into(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
-        (
-            "POST",
-            "/register",
-            JSON,
-            r#"{"cell_id":"x","ip":"127.0.0.1","port":0}"#.into(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
-        (
-            "POST",
-            "/register",
-            JSON,
-            r#"{"cell_id":"x","ip":"127.0.0.1","port":70000}"#.into(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
-        (
-            "POST",
-            "/register",
-            JSON,
-            r#"{"cell_id":"x","ip":"not a host!","port":8000}"#.into(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
-        (
-            "POST",
-            "/register",
-            JSON,
-            r#"{"cell_id":"","ip":"127.0.0.1","port":8000}"#.into(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
-        ("POST", "/register", JSON, register_long, StatusCode::UNPROCESSABLE_ENTITY),
-        (
-            "POST",
-            "/register",
-            JSON,
-            r#"{"cell_id":"x","ip":"127.0.0.1","port":8000,"multiaddr":"garbage"}"#.into(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
-        (
-            "POST",
-            "/register",
-            JSON,
-            r#"{"cell_id":"x","ip":"127.0.0.1","port":8000,"extra":1}"#.into(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        ),
-        (
-            "POST",
-            "/register",
-            JSON,
-            r#"{"cell_id":"x","ip":"127.0.0.1","port":8000"#.into(),
-            StatusCode::BAD_REQUEST,
-        ),
+        ("POST", register, JSON, "".into(), S::BAD_REQUEST),
+        ("POST", register, JSON, "{}".into(), S::UNPROCESSABLE_ENTITY),
+        ("POST", register, JSON, r#"{"cell_id":"x","ip":"127.0.0.1"}"#.into(), S::UNPROCESSABLE_ENTITY),
+        ("POST", register, JSON, r#"{"cell_id":"x","ip":"127.0.0.1","port":"80"}"#.into(), S::UNPROCESSABLE_ENTITY),
+        ("POST", register, JSON, r#"{"cell_id":"x","ip":"127.0.0.1","port":0}"#.into(), S::UNPROCESSABLE_ENTITY),
+        ("POST", register, JSON, r#"{"cell_id":"x","ip":"127.0.0.1","port":70000}"#.into(), S::UNPROCESSABLE_ENTITY),
+        ("POST", register, JSON, r#"{"cell_id":"x","ip":"not a host!","port":8000}"#.into(), S::UNPROCESSABLE_ENTITY),
+        ("POST", register, JSON, r#"{"cell_id":"","ip":"127.0.0.1","port":8000}"#.into(), S::UNPROCESSABLE_ENTITY),
+        ("POST", register, JSON, register_long, S::UNPROCESSABLE_ENTITY),
+        ("POST", register, JSON, r#"{"cell_id":"x","ip":"127.0.0.1","port":8000,"multiaddr":"garbage"}"#.into(), S::UNPROCESSABLE_ENTITY),
+        ("POST", register, JSON, r#"{"cell_id":"x","ip":"127.0.0.1","port":8000,"extra":1}"#.into(), S::UNPROCESSABLE_ENTITY),
+        ("POST", register, JSON, r#"{"cell_id":"x","ip":"127.0.0.1","port":8000"#.into(), S::BAD_REQUEST),
+        ("POST", register, JSON, r#"["desktop","127.0.0.1",28080,null,28001]"#.into(), S::UNPROCESSABLE_ENTITY),
         // routes and methods
-        ("GET", "/nope", None, "".into(), StatusCode::NOT_FOUND),
-        ("DELETE", "/health", None, "".into(), StatusCode::METHOD_NOT_ALLOWED),
-        ("GET", "/register", None, "".into(), StatusCode::METHOD_NOT_ALLOWED),
+        ("GET", "/nope", None, "".into(), S::NOT_FOUND),
+        ("DELETE", "/health", None, "".into(), S::METHOD_NOT_ALLOWED),
+        ("GET", register, None, "".into(), S::METHOD_NOT_ALLOWED),
     ];
     for (method, path, ct, body, want) in cases {
         let short: String = body.chars().take(60).collect();
@@ -259,6 +173,10 @@ async fn with_a_token_changes_need_it_and_reads_stay_open() {
         call(&cell, "POST", "/sync-consciousness", JSON, body, Some("Bearer s3cret")).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["level"], 2.0);
+    // The scheme name is case-insensitive (RFC 9110).
+    let (status, _) =
+        call(&cell, "POST", "/sync-consciousness", JSON, body, Some("bearer s3cret")).await;
+    assert_eq!(status, StatusCode::OK);
     cell.shutdown().await;
 }
 

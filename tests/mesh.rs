@@ -376,3 +376,37 @@ async fn only_cells_with_the_same_swarm_key_connect() {
         n.cell.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_a_cell_is_not_reported_as_a_clone() {
+    let hub = start("hub3", vec![]).await;
+    let to_hub: Vec<PeerAddr> =
+        vec![format!("/ip4/127.0.0.1/tcp/{}", p2p_port(&hub).await).parse().unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::loopback("old-name", dir.path().to_path_buf());
+    config.peers = to_hub;
+    config.tuning.heartbeat_secs = 1;
+    let cell = Cell::start(config.clone()).await.unwrap();
+    let id = cell.peer_id().to_base58();
+    wait_for(&hub, "old-name known", Duration::from_secs(5), |p| {
+        peer(p, &id).is_some_and(|e| e["cell_id"] == "old-name")
+    })
+    .await;
+    cell.shutdown().await;
+
+    config.cell_id = "new-name".into();
+    let renamed = Cell::start(config).await.unwrap();
+    wait_for(&hub, "new-name known", Duration::from_secs(5), |p| {
+        peer(p, &id).is_some_and(|e| e["cell_id"] == "new-name" && e["state"] == "alive")
+    })
+    .await;
+    // Several anti-entropy rounds (1 s heartbeat) with the hub, which held
+    // the old-name record: the cell stays healthy.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let h = get(&format!("http://{}/health", renamed.http_addr())).await;
+        assert_eq!(h["status"], "healthy", "{h}");
+    }
+    renamed.shutdown().await;
+    hub.cell.shutdown().await;
+}

@@ -55,9 +55,30 @@ fn parse_json<T: DeserializeOwned>(
             return Err(Error::UnsupportedMediaType);
         }
     }
-    serde_json::from_slice::<T>(body).map(Some).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => Error::Unprocessable(format!("invalid request: {e}")),
-        _ => Error::BadRequest(format!("malformed JSON: {e}")),
+    // Every body is a JSON object (serde would also take an array).
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Error::Unprocessable("the request body must be a JSON object".into()));
+    }
+    serde_json::from_slice::<T>(body).map(Some).map_err(|e| {
+        let text = String::from_utf8_lossy(body);
+        match e.classify() {
+            serde_json::error::Category::Data => {
+                Error::Unprocessable(format!("invalid request: {e}"))
+            }
+            // A number out of f64's range, or Python's `json.dumps(float("nan"))`:
+            // not a finite number, which is the client's value, not its syntax.
+            _ if e.to_string().contains("number out of range")
+                || text.contains("NaN")
+                || text.contains("Infinity") =>
+            {
+                Error::Unprocessable(
+                    "level must be a finite, non-negative number (NaN, Infinity and numbers \
+                     beyond f64 are not)"
+                        .into(),
+                )
+            }
+            _ => Error::BadRequest(format!("malformed JSON: {e}")),
+        }
     })
 }
 
@@ -66,8 +87,9 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Error> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
         .unwrap_or("");
     if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
         Ok(())

@@ -14,7 +14,9 @@ use libp2p::{
 };
 use prometheus_client::registry::Registry;
 
-use super::protocol::{RegisterRequest, RegisterResponse, IDENTIFY_PROTOCOL, REGISTER_PROTOCOL};
+use super::protocol::{
+    RegisterRequest, RegisterResponse, IDENTIFY_PROTOCOL, REGISTER_PROTOCOL, TOPIC,
+};
 use super::NetworkError;
 use crate::config::Config;
 
@@ -45,6 +47,32 @@ pub struct Behaviour {
     pub limits: connection_limits::Behaviour,
 }
 
+/// Peer scoring that punishes invalid records and nothing else. The
+/// defaults would also penalise mesh peers for delivering few messages (a
+/// quiet mesh is normal here) and many cells behind one IP (NAT, Docker),
+/// so those weights are zero. One invalid record scores -100, below the
+/// graylist threshold (-80): the sender is ignored until it decays away
+/// (about a minute).
+fn peer_score_params() -> gossipsub::PeerScoreParams {
+    let topic = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.0,
+        first_message_deliveries_weight: 0.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -100.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..Default::default()
+    };
+    let mut params = gossipsub::PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        behaviour_penalty_weight: 0.0,
+        ..Default::default()
+    };
+    params.topics.insert(gossipsub::IdentTopic::new(TOPIC).hash(), topic);
+    params
+}
+
 /// The agent string cells announce through identify.
 pub fn agent_version() -> String {
     format!("aios-cell/{}", env!("CARGO_PKG_VERSION"))
@@ -64,11 +92,14 @@ fn behaviour(key: &Keypair, config: &Config) -> Result<Behaviour, NetworkError> 
         .heartbeat_initial_delay(Duration::from_millis(500))
         .build()
         .map_err(|e| NetworkError::Behaviour(e.to_string()))?;
-    let gossipsub = gossipsub::Behaviour::new(
+    let mut gossipsub = gossipsub::Behaviour::new(
         gossipsub::MessageAuthenticity::Signed(key.clone()),
         gossip_config,
     )
     .map_err(|e| NetworkError::Behaviour(e.to_string()))?;
+    gossipsub
+        .with_peer_score(peer_score_params(), gossipsub::PeerScoreThresholds::default())
+        .map_err(|e| NetworkError::Behaviour(format!("gossipsub peer scoring: {e}")))?;
     let codec = request_response::cbor::codec::Codec::default()
         .set_request_size_maximum(MAX_EXCHANGE_BYTES)
         .set_response_size_maximum(MAX_EXCHANGE_BYTES);

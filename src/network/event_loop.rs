@@ -80,6 +80,9 @@ struct Local {
     branch: String,
     level: f64,
     seq: u64,
+    /// `seq` when this run started: records under our key with a lower one
+    /// are our own from before (a restart, a rename), not a clone's.
+    start_seq: u64,
 }
 
 impl Local {
@@ -172,6 +175,7 @@ impl EventLoop {
             branch: config.branch.clone(),
             level: config.consciousness_level,
             seq: now_ms(),
+            start_seq: 0,
         };
         let mut rejoin = Vec::new();
         if let Some(s) = restored {
@@ -186,6 +190,7 @@ impl EventLoop {
             local.seq = local.seq.max(s.seq);
             rejoin = s.peers.iter().filter_map(RememberedPeer::parsed).collect();
         }
+        local.start_seq = local.seq;
         let (tx, commands) = mpsc::channel(COMMAND_CHANNEL);
         let first = Arc::new(Snapshot {
             local: LocalState {
@@ -390,10 +395,18 @@ impl EventLoop {
             branch: self.local.branch.clone(),
             seq: self.local.seq,
             at_ms: now_ms(),
-            addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+            addrs: self.record_addrs(),
             agent: agent_version(),
             leaving,
         }
+    }
+
+    /// The listen addresses a record carries: TCP first, at most half of
+    /// what a record may hold (a host with many interfaces has more).
+    fn record_addrs(&self) -> Vec<String> {
+        let mut addrs: Vec<&Multiaddr> = self.listen_addrs.iter().collect();
+        addrs.sort_by_key(|a| !a.iter().any(|p| matches!(p, Protocol::Tcp(_))));
+        addrs.iter().take(super::protocol::MAX_ADDRS / 2).map(|a| a.to_string()).collect()
     }
 
     /// Publishes this cell's record with a new `seq`; returns how many cells
@@ -600,6 +613,11 @@ impl EventLoop {
     /// A record under our own peer id that we did not make means another
     /// process holds our key: a cloned machine image, usually.
     fn check_clone(&mut self, record: &CellRecord, via: &str) {
+        if record.seq <= self.local.start_seq {
+            // Made before this run started: our own, from before a restart
+            // or a rename.
+            return;
+        }
         if record.cell_id == self.local.cell_id && record.seq <= self.local.seq {
             // One of our own records coming back: nothing new.
             return;
@@ -884,10 +902,10 @@ impl EventLoop {
             Err(failure) => {
                 // A silent host: TCP would not notice for minutes. Count the
                 // peer failed now and drop the connection.
-                tracing::debug!(peer = %e.peer, %failure, "ping failed; closing connection");
+                tracing::debug!(peer = %e.peer, %failure, "ping failed; closing its connections");
                 let t = self.mesh.unreachable(e.peer);
                 self.transition(t);
-                self.swarm.close_connection(e.connection);
+                let _ = self.swarm.disconnect_peer_id(e.peer);
             }
         }
     }
@@ -1201,7 +1219,8 @@ mod tests {
 
     #[test]
     fn seq_grows_and_is_at_least_the_clock() {
-        let mut l = Local { cell_id: "c".into(), branch: "b".into(), level: 0.0, seq: 5 };
+        let mut l =
+            Local { cell_id: "c".into(), branch: "b".into(), level: 0.0, seq: 5, start_seq: 5 };
         let a = l.bump();
         let b = l.bump();
         assert!(a >= now_ms() - 1000 && b > a);

@@ -14,6 +14,8 @@ pub const REGISTER_PROTOCOL: &str = "/aios/register/1.0.0";
 pub const IDENTIFY_PROTOCOL: &str = "/aios/1.0.0";
 /// Largest CBOR record we publish or accept on gossip, in bytes.
 pub const MAX_RECORD_BYTES: usize = 4 * 1024;
+/// Most addresses a record may carry.
+pub const MAX_ADDRS: usize = 32;
 /// Largest number of third-party records in one exchange.
 pub const MAX_KNOWN_RECORDS: usize = 256;
 
@@ -78,7 +80,7 @@ impl CellRecord {
         if self.branch.chars().count() > 128 {
             return Err(RecordError::BadBranch);
         }
-        if self.addrs.len() > 32 {
+        if self.addrs.len() > MAX_ADDRS {
             return Err(RecordError::TooManyAddrs(self.addrs.len()));
         }
         Ok(())

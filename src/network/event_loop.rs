@@ -125,6 +125,14 @@ pub struct EventLoop {
     retry: HashMap<PeerId, Retry>,
     configured: Vec<Configured>,
     heartbeat: Duration,
+    /// When each connected peer last answered a ping. libp2p's ping reports
+    /// only the second failure in a row, and the retry waits for a stream
+    /// negotiation timeout (10 s): a silent host would take ~14 s to notice.
+    /// A peer silent for longer than `stale_after` is failed on the tick.
+    last_pong: HashMap<PeerId, Instant>,
+    /// Peers that do not speak ping; they are not held to `stale_after`.
+    no_ping: std::collections::HashSet<PeerId>,
+    stale_after: Duration,
     /// A pre-shared key is set: failed handshakes are most likely a key
     /// mismatch, and are explained once per remote address.
     private: bool,
@@ -255,6 +263,9 @@ impl EventLoop {
                 retry: HashMap::new(),
                 configured,
                 heartbeat: config.tuning.heartbeat(),
+                last_pong: HashMap::new(),
+                no_ping: Default::default(),
+                stale_after: config.tuning.ping_interval() + config.tuning.ping_timeout(),
                 private: config.swarm_key.is_some(),
                 handshake_warned: Default::default(),
                 last_exchange: None,
@@ -711,9 +722,30 @@ impl EventLoop {
                 }
             }
         }
+        self.fail_silent_peers(now);
         self.prune_duplicates();
         if self.soft_dirty {
             self.dirty = true;
+        }
+    }
+
+    /// Fails and disconnects connected peers that answered no ping for
+    /// `stale_after` (a host that vanished without closing its sockets).
+    fn fail_silent_peers(&mut self, now: Instant) {
+        let silent: Vec<PeerId> = self
+            .last_pong
+            .iter()
+            .filter(|(p, at)| {
+                now.duration_since(**at) > self.stale_after && !self.no_ping.contains(p)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in silent {
+            tracing::debug!(%peer, after = ?self.stale_after, "no ping answer; failing the cell");
+            self.last_pong.remove(&peer);
+            let t = self.mesh.unreachable(peer);
+            self.transition(t);
+            let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
 
@@ -786,6 +818,7 @@ impl EventLoop {
                 let t = self.mesh.connected(peer_id, addr.as_ref(), origin);
                 self.transition(t);
                 self.conns.entry(peer_id).or_default().push((connection_id, endpoint.is_dialer()));
+                self.last_pong.entry(peer_id).or_insert_with(Instant::now);
                 self.dirty = true;
                 let mut reply = None;
                 if let Some(p) = pending {
@@ -813,6 +846,8 @@ impl EventLoop {
                     }
                 }
                 if num_established == 0 {
+                    self.last_pong.remove(&peer_id);
+                    self.no_ping.remove(&peer_id);
                     tracing::debug!(peer = %peer_id, cause = ?cause, "last connection closed");
                     let t = self.mesh.disconnected(peer_id);
                     self.transition(t);
@@ -896,9 +931,14 @@ impl EventLoop {
         match e.result {
             Ok(rtt) => {
                 self.mesh.rtt(e.peer, rtt);
+                if self.swarm.is_connected(&e.peer) {
+                    self.last_pong.insert(e.peer, Instant::now());
+                }
                 self.soft_dirty = true;
             }
-            Err(ping::Failure::Unsupported) => {}
+            Err(ping::Failure::Unsupported) => {
+                self.no_ping.insert(e.peer);
+            }
             Err(failure) => {
                 // A silent host: TCP would not notice for minutes. Count the
                 // peer failed now and drop the connection.

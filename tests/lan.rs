@@ -1,0 +1,428 @@
+//! LAN tests: three `aios-cell` processes, each alone on its own "host" (a
+//! network namespace on a shared bridge, see tests/common/netns.rs), started
+//! with mDNS on and no peers configured, and observed through their HTTP API
+//! with the `aios-cell` client verbs run inside each host, as an operator
+//! would. They check that the cells find each other with zero configuration,
+//! that a level set on one reaches the others, that a crash (`kill -9`) is
+//! marked "failed" and a clean shutdown (SIGTERM) "left", and that a cell cut
+//! off the LAN is marked failed and rejoins; they print how long each took.
+//!
+//! Needs root and iproute2; otherwise skipped, or failed when
+//! `AIOS_REQUIRE_NETNS=1` (as in CI). Run with
+//! `cargo test --test lan -- --nocapture` to see the timings;
+//! `AIOS_TEST_LOGS=1` prints the cells' logs even when the tests pass.
+
+// Network namespaces exist only on Linux.
+#![cfg(target_os = "linux")]
+
+#[path = "common/netns.rs"]
+mod netns;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_aios-cell");
+/// This test's own 10.<octet>.0.0/16, so it never shares a subnet with others.
+const OCTET: u8 = 231;
+const POLL: Duration = Duration::from_millis(100);
+const CONVERGE_WITHIN: Duration = Duration::from_secs(20);
+const PROPAGATE_WITHIN: Duration = Duration::from_secs(10);
+const DETECT_WITHIN: Duration = Duration::from_secs(10);
+/// How long a cell that saw a peer leave is watched for a wrong "failed".
+const LEFT_STAYS_FOR: Duration = Duration::from_secs(3);
+const LEVEL: f64 = 4.25;
+/// A pulled cable is only noticed through pings. libp2p's ping handler
+/// ignores the first failure (interval 1 s + timeout 2 s by default), and the
+/// next ping then waits for a new stream until libp2p's 10 s negotiation
+/// timeout: about 14 s in all. The bound leaves room for a slow machine.
+const CUT_WITHIN: Duration = Duration::from_secs(25);
+/// Failed cells are redialed with a backoff of at most 5 s.
+const REJOIN_WITHIN: Duration = Duration::from_secs(20);
+
+struct Cell {
+    name: String,
+    host: usize,
+    proc: usize,
+    peer_id: String,
+}
+
+/// Removes what the test's own environment could slip into a cell or client:
+/// other `AIOS_*` settings, and proxies (reqwest would send the client's
+/// requests for a namespace address to a proxy).
+fn scrub_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("AIOS_") || k.to_ascii_lowercase().ends_with("_proxy") {
+            cmd.env_remove(&*k);
+        }
+    }
+}
+
+fn api(lan: &netns::Lan, host: usize) -> String {
+    format!("http://{}:8000", lan.addr(host))
+}
+
+/// `aios-cell <verb...> --api <host's API> --json`, run inside the host.
+fn client(lan: &netns::Lan, host: usize, verb: &[&str]) -> Command {
+    let mut cmd = lan.command(host, BIN);
+    cmd.args(verb).args(["--api", &api(lan, host), "--json"]);
+    scrub_env(&mut cmd);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+fn parse(out: std::io::Result<Output>) -> Result<Value, String> {
+    let out = out.map_err(|e| format!("cannot run the client: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "client {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!("client printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    })
+}
+
+/// Runs `verb` against every host in `hosts` at once (one poll costs one
+/// client start, not three in a row) and returns their answers in order.
+fn query(lan: &netns::Lan, hosts: &[usize], verb: &[&str]) -> Vec<Result<Value, String>> {
+    let children: Vec<_> = hosts.iter().map(|&h| client(lan, h, verb).spawn()).collect();
+    children
+        .into_iter()
+        .map(|c| match c {
+            Ok(child) => parse(child.wait_with_output()),
+            Err(e) => Err(format!("cannot run the client: {e}")),
+        })
+        .collect()
+}
+
+fn entry<'a>(peers: &'a Value, peer_id: &str) -> Option<&'a Value> {
+    peers["peers"].as_array()?.iter().find(|p| p["peer_id"] == peer_id)
+}
+
+fn state_of(peers: &Value, peer_id: &str) -> Option<String> {
+    entry(peers, peer_id).and_then(|p| p["state"].as_str()).map(str::to_owned)
+}
+
+/// Polls `/peers` of `cells` every [`POLL`] until `done(cell, answer)` holds
+/// for all of them in one round; returns when that round's answers were in.
+/// Panics after `within` with the last answers, or at once if a cell died.
+/// `done` sees every answer of every round (it may assert on them).
+fn wait_for(
+    lan: &mut netns::Lan,
+    cells: &[&Cell],
+    what: &str,
+    within: Duration,
+    mut done: impl FnMut(&Cell, &Value) -> bool,
+) -> Instant {
+    let deadline = Instant::now() + within;
+    let hosts: Vec<usize> = cells.iter().map(|c| c.host).collect();
+    loop {
+        let round = Instant::now();
+        for c in cells {
+            if let Err(e) = lan.running(c.proc) {
+                panic!("while waiting for {what}: {e}");
+            }
+        }
+        let answers = query(lan, &hosts, &["peers"]);
+        let seen = Instant::now();
+        let mut all = true;
+        for (c, a) in cells.iter().zip(&answers) {
+            // No short cut: `done` must see every answer.
+            all &= a.as_ref().is_ok_and(|v| done(c, v));
+        }
+        if all {
+            return seen;
+        }
+        if seen >= deadline {
+            let mut report = String::new();
+            for (c, a) in cells.iter().zip(&answers) {
+                let a = match a {
+                    Ok(v) => format!("{v:#}"),
+                    Err(e) => e.clone(),
+                };
+                report.push_str(&format!("\n{} /peers: {a}", c.name));
+            }
+            panic!(
+                "timed out after {within:?} waiting for {what}{report}\n\nnetwork:\n{}",
+                lan.diagnostics()
+            );
+        }
+        std::thread::sleep(POLL.saturating_sub(round.elapsed()));
+    }
+}
+
+/// The peer id the cell will have: `aios-cell id` creates the identity in
+/// the data dir the cell then uses (no network involved).
+fn peer_id_for(data_dir: &std::path::Path) -> String {
+    let mut cmd = Command::new(BIN);
+    scrub_env(&mut cmd);
+    let out = cmd.arg("id").env("AIOS_DATA_DIR", data_dir).output().expect("run aios-cell id");
+    assert!(out.status.success(), "aios-cell id: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8 peer id").trim().to_owned()
+}
+
+/// Starts one cell per host, mDNS on and no peers (zero configuration):
+/// the cells, when the first was started, and how long starting all took.
+fn start_cells(lan: &mut netns::Lan, n: usize) -> (Vec<Cell>, Instant, Duration) {
+    let mut cells = Vec::new();
+    let mut prepared = Vec::new();
+    for host in 0..n {
+        let name = format!("cell{}", host + 1);
+        let home = lan.dir().join(&name);
+        let data = home.join("data");
+        std::fs::create_dir_all(&data).expect("cell dir");
+        prepared.push((name, host, home, peer_id_for(&data), data));
+    }
+    let started = Instant::now();
+    for (name, host, home, peer_id, data) in prepared {
+        let mut cmd = lan.command(host, BIN);
+        scrub_env(&mut cmd);
+        cmd.arg("run")
+            .env("AIOS_MDNS", "true")
+            .env("AIOS_CELL_ID", &name)
+            .env("AIOS_DATA_DIR", &data)
+            .env("AIOS_HTTP_ADDR", "0.0.0.0:8000")
+            .env("AIOS_METRICS_ADDR", "0.0.0.0:9091")
+            .env("AIOS_P2P_PORT", "8001")
+            // Point the default config file lookup at an empty dir, so a
+            // config file of the machine's user cannot configure peers.
+            .env("XDG_CONFIG_HOME", &home);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info,aios_cell=debug");
+        }
+        let proc = lan.spawn(&name, cmd).expect("start a cell");
+        cells.push(Cell { name, host, proc, peer_id });
+    }
+    (cells, started, started.elapsed())
+}
+
+/// Whether `v` (a /peers answer of cell `me`) lists every other cell in
+/// `cells` as alive and connected under its own cell id.
+fn sees_all_alive(cells: &[Cell], me: &Cell, v: &Value) -> bool {
+    assert!(
+        v["peer_id"] == me.peer_id.as_str(),
+        "{} runs as {} but `aios-cell id` said {}",
+        me.name,
+        v["peer_id"],
+        me.peer_id
+    );
+    cells.iter().filter(|o| o.host != me.host).all(|o| {
+        entry(v, &o.peer_id).is_some_and(|e| {
+            e["state"] == "alive" && e["connected"] == true && e["cell_id"] == o.name.as_str()
+        })
+    })
+}
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+#[test]
+fn three_cells_on_a_lan_find_each_other_share_levels_and_notice_crash_and_leave() {
+    let test = "lan";
+    let Some(mut lan) = netns::lan_or_skip(test, "ln", OCTET, 3) else {
+        return;
+    };
+    eprintln!(
+        "{test}: hosts {} / {} / {} at {} / {} / {}",
+        lan.ns(0),
+        lan.ns(1),
+        lan.ns(2),
+        lan.addr(0),
+        lan.addr(1),
+        lan.addr(2)
+    );
+
+    // ---- start: three cells, zero config -------------------------------
+    let (cells, started, all_started) = start_cells(&mut lan, 3);
+
+    // ---- (1) convergence: everyone alive and connected to everyone ------
+    let everyone: Vec<&Cell> = cells.iter().collect();
+    let others = |me: &Cell| -> Vec<&Cell> { cells.iter().filter(|c| c.host != me.host).collect() };
+    let converged =
+        wait_for(&mut lan, &everyone, "the three cells to converge", CONVERGE_WITHIN, |c, v| {
+            sees_all_alive(&cells, c, v)
+        });
+    let convergence = converged - started;
+
+    // Nothing was configured, so every cell was found through the LAN, and
+    // mDNS must have found at least one.
+    let peers: Vec<Value> = query(&lan, &[0, 1, 2], &["peers"])
+        .into_iter()
+        .map(|a| a.expect("/peers after convergence"))
+        .collect();
+    let mut found_by = Vec::new();
+    for (c, v) in cells.iter().zip(&peers) {
+        for o in others(c) {
+            let how = entry(v, &o.peer_id).expect("converged")["found_by"].clone();
+            assert!(
+                !matches!(how.as_str(), Some("config" | "register")),
+                "{} says it found {} by {how}, but nothing was configured or registered",
+                c.name,
+                o.name
+            );
+            found_by.push(format!("{}->{}: {}", c.name, o.name, how.as_str().unwrap_or("?")));
+        }
+    }
+    assert!(
+        found_by.iter().any(|f| f.ends_with(": mdns")),
+        "no cell was found through mDNS: {found_by:?}"
+    );
+    for (c, h) in cells.iter().zip(query(&lan, &[0, 1, 2], &["health"])) {
+        let h = h.expect("/health after convergence");
+        assert_eq!(h["status"], "healthy", "{} /health: {h:#}", c.name);
+        assert_eq!(h["cell_id"], c.name.as_str(), "{} /health: {h:#}", c.name);
+        assert_eq!(h["peers"], 2, "{} /health: {h:#}", c.name);
+        assert_eq!(h["peers_alive"], 2, "{} /health: {h:#}", c.name);
+    }
+    eprintln!(
+        "{test}: converged {} ms after start (cells started within {} ms); found by: {}",
+        ms(convergence),
+        ms(all_started),
+        found_by.join(", ")
+    );
+
+    // ---- (2) a level set on cell1 reaches cell2 and cell3 ---------------
+    let (c1, c2, c3) = (&cells[0], &cells[1], &cells[2]);
+    let level = LEVEL.to_string();
+    let sent = Instant::now();
+    let synced = parse(client(&lan, c1.host, &["sync", "--level", &level]).output())
+        .unwrap_or_else(|e| panic!("aios-cell sync on cell1: {e}"));
+    assert_eq!(synced["status"], "synced", "{synced:#}");
+    assert_eq!(synced["new_level"], LEVEL, "{synced:#}");
+    assert_eq!(synced["level"], LEVEL, "{synced:#}");
+    assert_eq!(synced["reached"], 2, "cell1 published to fewer than 2 cells: {synced:#}");
+    let arrived = wait_for(
+        &mut lan,
+        &[c2, c3],
+        "cell1's level at cell2 and cell3",
+        PROPAGATE_WITHIN,
+        |_, v| entry(v, &c1.peer_id).is_some_and(|e| e["consciousness_level"] == LEVEL),
+    );
+    let propagation = arrived - sent;
+    eprintln!("{test}: level {LEVEL} reached cell2 and cell3 {} ms after `sync`", ms(propagation));
+
+    // ---- (3) kill -9 cell3: cell1 and cell2 mark it failed --------------
+    // The kernel closes a killed process's sockets, so the others see the
+    // connections drop at once; silence (no FIN) is the cable test's case.
+    let killed = Instant::now();
+    lan.signal(c3.proc, "KILL").expect("kill -9 cell3");
+    let noticed = wait_for(&mut lan, &[c1, c2], "cell3 marked failed", DETECT_WITHIN, |_, v| {
+        state_of(v, &c3.peer_id).as_deref() == Some("failed")
+    });
+    let detection = noticed - killed;
+    let status = lan.wait(c3.proc, Duration::from_secs(5)).expect("cell3 died");
+    eprintln!(
+        "{test}: cell3 killed ({status}); marked failed by cell1 and cell2 {} ms later",
+        ms(detection)
+    );
+
+    // ---- (4) SIGTERM cell2: cell1 marks it left, never failed -----------
+    let stopped = Instant::now();
+    lan.signal(c2.proc, "TERM").expect("SIGTERM cell2");
+    let mut seen: Vec<String> = Vec::new();
+    let mut check = |_: &Cell, v: &Value| {
+        let state = state_of(v, &c2.peer_id);
+        if let Some(s) = &state {
+            if seen.last() != Some(s) {
+                seen.push(s.clone());
+            }
+        }
+        assert_ne!(
+            state.as_deref(),
+            Some("failed"),
+            "cell1 marked cell2 failed after a clean shutdown (states seen: {seen:?})"
+        );
+        state.as_deref() == Some("left")
+    };
+    let left = wait_for(&mut lan, &[c1], "cell2 marked left", DETECT_WITHIN, &mut check);
+    let leave_detection = left - stopped;
+    // "left" must stick: no ping timeout or lost connection turns it into
+    // "failed" afterwards. Also still "failed" for cell3.
+    let watch_until = Instant::now() + LEFT_STAYS_FOR;
+    let _ = wait_for(&mut lan, &[c1], "the watch to end", LEFT_STAYS_FOR * 2, |c, v| {
+        assert!(check(c, v), "cell2 is no longer left at cell1: {v:#}");
+        assert_eq!(
+            state_of(v, &c3.peer_id).as_deref(),
+            Some("failed"),
+            "cell3 is no longer failed at cell1: {v:#}"
+        );
+        Instant::now() >= watch_until
+    });
+    let status = lan.wait(c2.proc, Duration::from_secs(10)).expect("cell2 exits after SIGTERM");
+    assert!(status.success(), "cell2 exited with {status} after SIGTERM");
+    eprintln!(
+        "{test}: cell2 stopped with SIGTERM ({status}); marked left by cell1 {} ms later \
+         (states seen: {seen:?})",
+        ms(leave_detection)
+    );
+    lan.running(c1.proc).expect("cell1 still runs");
+
+    eprintln!(
+        "{test}: TIMINGS convergence={}ms propagation={}ms failure_detection={}ms \
+         leave_detection={}ms total={}ms",
+        ms(convergence),
+        ms(propagation),
+        ms(detection),
+        ms(leave_detection),
+        ms(started.elapsed())
+    );
+}
+
+/// A cell whose cable is pulled (its bridge port down: no FIN, no leave
+/// notice, just silence, like a machine losing power) is marked failed by
+/// the others through ping timeouts, marks them failed too, and all are
+/// alive and connected again once the cable is back.
+#[test]
+fn a_cell_cut_off_the_lan_is_marked_failed_and_rejoins() {
+    let test = "lan-cable";
+    let Some(mut lan) = netns::lan_or_skip(test, "lc", OCTET, 3) else {
+        return;
+    };
+    let (cells, started, _) = start_cells(&mut lan, 3);
+    let everyone: Vec<&Cell> = cells.iter().collect();
+    let converged =
+        wait_for(&mut lan, &everyone, "the three cells to converge", CONVERGE_WITHIN, |c, v| {
+            sees_all_alive(&cells, c, v)
+        });
+    let (c1, c2, c3) = (&cells[0], &cells[1], &cells[2]);
+
+    let pulled = Instant::now();
+    lan.set_link(c3.host, false).expect("pull cell3's cable");
+    // Both sides notice: the two on the LAN, and the one cut off.
+    let lan_side = wait_for(&mut lan, &[c1, c2], "cell3 marked failed", CUT_WITHIN, |_, v| {
+        state_of(v, &c3.peer_id).as_deref() == Some("failed")
+    });
+    let cut_side =
+        wait_for(&mut lan, &[c3], "cell3 marking the others failed", CUT_WITHIN, |_, v| {
+            [c1, c2].iter().all(|o| state_of(v, &o.peer_id).as_deref() == Some("failed"))
+        });
+    let detection = lan_side - pulled;
+    let detection_cut = cut_side - pulled;
+    // cell1 and cell2 still see each other: only cell3 is gone.
+    let _ = wait_for(&mut lan, &[c1, c2], "cell1 and cell2 still alive", POLL, |c, v| {
+        let other = if c.host == c1.host { c2 } else { c1 };
+        state_of(v, &other.peer_id).as_deref() == Some("alive")
+    });
+
+    let plugged = Instant::now();
+    lan.set_link(c3.host, true).expect("plug cell3's cable back");
+    let back = wait_for(&mut lan, &everyone, "all three alive again", REJOIN_WITHIN, |c, v| {
+        sees_all_alive(&cells, c, v)
+    });
+    let rejoin = back - plugged;
+    eprintln!(
+        "{test}: TIMINGS convergence={}ms cut_detection={}ms cut_detection_by_cut_cell={}ms \
+         rejoin={}ms total={}ms",
+        ms(converged - started),
+        ms(detection),
+        ms(detection_cut),
+        ms(rejoin),
+        ms(started.elapsed())
+    );
+}

@@ -46,7 +46,7 @@ const TICK: Duration = Duration::from_millis(500);
 const LEAVE_WAIT: Duration = Duration::from_millis(1000);
 /// Redial backoff for failed or configured peers.
 const RETRY_MIN: Duration = Duration::from_millis(500);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 const CONFIG_RETRY_MAX: Duration = Duration::from_secs(30);
 /// A failed cell is redialed for this long, then forgotten until it shows up.
 const RETRY_GIVE_UP: Duration = Duration::from_secs(600);

@@ -166,36 +166,57 @@ fn peer_id_for(data_dir: &std::path::Path) -> String {
     String::from_utf8(out.stdout).expect("utf-8 peer id").trim().to_owned()
 }
 
+/// Starts a cell named `name` on `host` with mDNS on and no peers, its data
+/// in `home/data`, plus `extra` environment; returns its process index.
+fn spawn_cell(
+    lan: &mut netns::Lan,
+    host: usize,
+    name: &str,
+    home: &std::path::Path,
+    extra: &[(&str, &std::ffi::OsStr)],
+) -> usize {
+    let mut cmd = lan.command(host, BIN);
+    scrub_env(&mut cmd);
+    cmd.arg("run")
+        .env("AIOS_MDNS", "true")
+        .env("AIOS_CELL_ID", name)
+        .env("AIOS_DATA_DIR", home.join("data"))
+        .env("AIOS_HTTP_ADDR", "0.0.0.0:8000")
+        .env("AIOS_METRICS_ADDR", "0.0.0.0:9091")
+        .env("AIOS_P2P_PORT", "8001")
+        // Point the default config file lookup at an empty dir, so a
+        // config file of the machine's user cannot configure peers.
+        .env("XDG_CONFIG_HOME", home);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", "info,aios_cell=debug");
+    }
+    lan.spawn(name, cmd).expect("start a cell")
+}
+
+/// A cell's home dir (its data dir is `home/data`), created.
+fn cell_home(lan: &netns::Lan, name: &str) -> std::path::PathBuf {
+    let home = lan.dir().join(name);
+    std::fs::create_dir_all(home.join("data")).expect("cell dir");
+    home
+}
+
 /// Starts one cell per host, mDNS on and no peers (zero configuration):
 /// the cells, when the first was started, and how long starting all took.
 fn start_cells(lan: &mut netns::Lan, n: usize) -> (Vec<Cell>, Instant, Duration) {
-    let mut cells = Vec::new();
     let mut prepared = Vec::new();
     for host in 0..n {
         let name = format!("cell{}", host + 1);
-        let home = lan.dir().join(&name);
-        let data = home.join("data");
-        std::fs::create_dir_all(&data).expect("cell dir");
-        prepared.push((name, host, home, peer_id_for(&data), data));
+        let home = cell_home(lan, &name);
+        let peer_id = peer_id_for(&home.join("data"));
+        prepared.push((name, host, home, peer_id));
     }
     let started = Instant::now();
-    for (name, host, home, peer_id, data) in prepared {
-        let mut cmd = lan.command(host, BIN);
-        scrub_env(&mut cmd);
-        cmd.arg("run")
-            .env("AIOS_MDNS", "true")
-            .env("AIOS_CELL_ID", &name)
-            .env("AIOS_DATA_DIR", &data)
-            .env("AIOS_HTTP_ADDR", "0.0.0.0:8000")
-            .env("AIOS_METRICS_ADDR", "0.0.0.0:9091")
-            .env("AIOS_P2P_PORT", "8001")
-            // Point the default config file lookup at an empty dir, so a
-            // config file of the machine's user cannot configure peers.
-            .env("XDG_CONFIG_HOME", &home);
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info,aios_cell=debug");
-        }
-        let proc = lan.spawn(&name, cmd).expect("start a cell");
+    let mut cells = Vec::new();
+    for (name, host, home, peer_id) in prepared {
+        let proc = spawn_cell(lan, host, &name, &home, &[]);
         cells.push(Cell { name, host, proc, peer_id });
     }
     (cells, started, started.elapsed())
@@ -432,5 +453,161 @@ fn a_cell_cut_off_the_lan_is_marked_failed_and_rejoins() {
         ms(detection_cut),
         ms(rejoin),
         ms(started.elapsed())
+    );
+}
+
+/// Private mesh: cells with the same swarm key connect; a cell with another
+/// key, or none, never joins them, and the cells log why.
+#[test]
+fn only_cells_with_the_same_swarm_key_join() {
+    let test = "lan-key";
+    let Some(mut lan) = netns::lan_or_skip(test, "lk", OCTET, 4) else {
+        return;
+    };
+    let keys = ["a", "a", "b", ""];
+    let mut cells = Vec::new();
+    for (host, key) in keys.iter().enumerate() {
+        let name = format!("cell{}", host + 1);
+        let home = cell_home(&lan, &name);
+        if !key.is_empty() {
+            let shared = lan.dir().join(format!("swarm-{key}.key"));
+            if !shared.exists() {
+                let out = Command::new(BIN).arg("keygen").arg(&shared).output().expect("keygen");
+                assert!(out.status.success(), "keygen: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            // A swarm.key in the data dir is used without configuration.
+            std::fs::copy(&shared, home.join("data").join("swarm.key")).expect("copy the key");
+        }
+        let peer_id = peer_id_for(&home.join("data"));
+        let proc = spawn_cell(&mut lan, host, &name, &home, &[]);
+        cells.push(Cell { name, host, proc, peer_id });
+    }
+    let (c1, c2, other_key, no_key) = (&cells[0], &cells[1], &cells[2], &cells[3]);
+    let _ = wait_for(
+        &mut lan,
+        &[c1, c2],
+        "the two cells with key a to meet",
+        CONVERGE_WITHIN,
+        |c, v| {
+            let other = if c.host == c1.host { c2 } else { c1 };
+            entry(v, &other.peer_id)
+                .is_some_and(|e| e["state"] == "alive" && e["connected"] == true)
+        },
+    );
+    // Give the outsiders time to try (mDNS finds everyone; they dial, fail, retry).
+    let until = Instant::now() + Duration::from_secs(4);
+    let everyone: Vec<&Cell> = cells.iter().collect();
+    let _ = wait_for(&mut lan, &everyone, "the watch to end", Duration::from_secs(8), |c, v| {
+        let outsiders = [other_key, no_key];
+        if outsiders.iter().any(|o| o.host == c.host) {
+            // An outsider is connected to nobody.
+            let peers = v["peers"].as_array().cloned().unwrap_or_default();
+            assert!(peers.iter().all(|e| e["connected"] == false), "{} joined: {v:#}", c.name);
+        } else {
+            for o in outsiders {
+                assert!(
+                    entry(v, &o.peer_id).is_none_or(|e| e["connected"] == false),
+                    "{} is connected to {}: {v:#}",
+                    c.name,
+                    o.name
+                );
+            }
+        }
+        Instant::now() >= until
+    });
+    for (c, needle) in [
+        (c1, "different swarm key or none"),
+        (other_key, "different swarm key or none"),
+        (no_key, "private mesh"),
+    ] {
+        let log = lan.log(c.proc);
+        assert!(log.contains(needle), "{} does not say why ({needle:?}):\n{log}", c.name);
+    }
+    eprintln!("{test}: key a: cell1+cell2 joined; key b and no key stayed out, and all said why");
+}
+
+/// `kill -9` and restart: the cell comes back with the same peer id and
+/// level. Then a copy of cell1's identity on another host is reported as a
+/// cloned identity.
+#[test]
+fn a_killed_cell_restarts_as_itself_and_a_cloned_key_is_reported() {
+    let test = "lan-restart";
+    let Some(mut lan) = netns::lan_or_skip(test, "lr", OCTET, 3) else {
+        return;
+    };
+    let (cells, _, _) = start_cells(&mut lan, 3);
+    let everyone: Vec<&Cell> = cells.iter().collect();
+    let _ =
+        wait_for(&mut lan, &everyone, "the three cells to converge", CONVERGE_WITHIN, |c, v| {
+            sees_all_alive(&cells, c, v)
+        });
+    let (c1, c2, c3) = (&cells[0], &cells[1], &cells[2]);
+    let synced = query(&lan, &[c3.host], &["sync", "--level", "2.5"]);
+    synced[0].as_ref().expect("sync on cell3");
+    let _ = wait_for(&mut lan, &[c1, c2], "cell3's level", PROPAGATE_WITHIN, |_, v| {
+        entry(v, &c3.peer_id).is_some_and(|e| e["consciousness_level"] == 2.5)
+    });
+    // Let the state saver write (at most every 0.5 s), then crash.
+    std::thread::sleep(Duration::from_millis(1200));
+    lan.signal(c3.proc, "KILL").expect("kill -9 cell3");
+    let _ = wait_for(&mut lan, &[c1, c2], "cell3 failed", DETECT_WITHIN, |_, v| {
+        state_of(v, &c3.peer_id).as_deref() == Some("failed")
+    });
+    let restarted = Instant::now();
+    let home3 = lan.dir().join(&c3.name);
+    let proc = spawn_cell(&mut lan, c3.host, &c3.name, &home3, &[]);
+    let again = Cell { name: c3.name.clone(), host: c3.host, proc, peer_id: c3.peer_id.clone() };
+    let back =
+        wait_for(&mut lan, &[c1, c2], "cell3 back with its level", CONVERGE_WITHIN, |_, v| {
+            entry(v, &again.peer_id).is_some_and(|e| {
+                e["state"] == "alive" && e["connected"] == true && e["consciousness_level"] == 2.5
+            })
+        });
+    let health = query(&lan, &[c3.host], &["health"]).remove(0).expect("cell3 health");
+    assert_eq!(health["peer_id"], again.peer_id.as_str());
+    assert_eq!(health["consciousness_level"], 2.5);
+    eprintln!("{test}: cell3 back as itself, level 2.5, {} ms after restart", ms(back - restarted));
+
+    // The cloned machine image: cell1's key on host 3.
+    lan.signal(again.proc, "TERM").expect("stop cell3");
+    lan.wait(again.proc, Duration::from_secs(10)).expect("cell3 exits");
+    let home = cell_home(&lan, "clone");
+    std::fs::copy(
+        lan.dir().join(&c1.name).join("data").join("identity.key"),
+        home.join("data").join("identity.key"),
+    )
+    .expect("copy cell1's key");
+    // Short heartbeats: the clones learn of each other through the
+    // per-heartbeat record exchange.
+    let config = home.join("fast.toml");
+    std::fs::write(&config, "[tuning]\nheartbeat_secs = 1\n").expect("config");
+    let cloned = Instant::now();
+    let clone_proc =
+        spawn_cell(&mut lan, c3.host, "clone", &home, &[("AIOS_CONFIG", config.as_os_str())]);
+    let clone =
+        Cell { name: "clone".into(), host: c3.host, proc: clone_proc, peer_id: c1.peer_id.clone() };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let reporter = loop {
+        let answers = query(&lan, &[c1.host, clone.host], &["health"]);
+        if let Some((who, h)) = [c1, &clone].iter().zip(&answers).find_map(|(c, a)| {
+            a.as_ref()
+                .ok()
+                .filter(|h| h["status"] == "degraded")
+                .map(|h| (c.name.clone(), h.clone()))
+        }) {
+            let reason = h["reason"].as_str().unwrap_or_default();
+            assert!(reason.contains("identity.key"), "the reason says how to fix it: {reason}");
+            break who;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nobody reported the cloned identity: {answers:?}\n{}",
+            lan.log(clone.proc)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!(
+        "{test}: cloned identity reported by {reporter} {} ms after the clone started",
+        ms(cloned.elapsed())
     );
 }

@@ -81,6 +81,7 @@ pub struct CellMetrics {
     pub gossip_rejected: Family<ReasonLabel, Counter>,
     pub registrations: Family<RegistrationLabels, Counter>,
     pub dropped_notifications: Counter,
+    pub rejected_commands: Counter,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: Family<HttpRouteLabels, Histogram>,
 }
@@ -98,6 +99,7 @@ impl CellMetrics {
             gossip_rejected: Family::default(),
             registrations: Family::default(),
             dropped_notifications: Counter::default(),
+            rejected_commands: Counter::default(),
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0001, 4.0, 10))
@@ -139,6 +141,11 @@ impl CellMetrics {
             "aios_dropped_notifications",
             "Notifications the event loop dropped rather than wait for a slow reader",
             m.dropped_notifications.clone(),
+        );
+        registry.register(
+            "aios_rejected_commands",
+            "Actions refused with 503 because the event loop's command queue was full",
+            m.rejected_commands.clone(),
         );
         registry.register(
             "aios_http_requests",

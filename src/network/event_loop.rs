@@ -223,7 +223,13 @@ impl EventLoop {
             .set(1);
         let (snapshot_tx, snapshot_rx) = watch::channel(first);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        let handle = Handle::new(tx, snapshot_rx, events.clone(), config.tuning.command_timeout());
+        let handle = Handle::new(
+            tx,
+            snapshot_rx,
+            events.clone(),
+            config.tuning.command_timeout(),
+            metrics.rejected_commands.clone(),
+        );
         let now = Instant::now();
         let configured = config
             .peers

@@ -76,6 +76,8 @@ pub struct Handle {
     snapshot: watch::Receiver<Arc<Snapshot>>,
     events: broadcast::Sender<MeshEvent>,
     timeout: Duration,
+    /// Counts commands refused because the queue was full.
+    rejected: prometheus_client::metrics::counter::Counter,
 }
 
 /// Turns an IP and TCP port into a multiaddr.
@@ -110,8 +112,9 @@ impl Handle {
         snapshot: watch::Receiver<Arc<Snapshot>>,
         events: broadcast::Sender<MeshEvent>,
         timeout: Duration,
+        rejected: prometheus_client::metrics::counter::Counter,
     ) -> Self {
-        Self { tx, snapshot, events, timeout }
+        Self { tx, snapshot, events, timeout, rejected }
     }
 
     /// Subscribes to mesh events. A subscriber that falls more than the
@@ -136,7 +139,10 @@ impl Handle {
     ) -> Result<T, CommandError> {
         let (reply, rx) = oneshot::channel();
         self.tx.try_send(make(reply)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => CommandError::Busy,
+            mpsc::error::TrySendError::Full(_) => {
+                self.rejected.inc();
+                CommandError::Busy
+            }
             mpsc::error::TrySendError::Closed(_) => CommandError::Stopped,
         })?;
         match tokio::time::timeout(self.timeout, rx).await {

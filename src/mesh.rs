@@ -200,6 +200,12 @@ impl MeshView {
             row.entry.state = PeerState::Alive;
             return Some(Transition { peer, from: None, to: PeerState::Alive });
         }
+        if row.entry.state == PeerState::Left {
+            // A late connection from a cell that is shutting down must not
+            // revive it; a restarted cell proves itself with a newer record
+            // in the record exchange that follows.
+            return None;
+        }
         Self::set_state(row, peer, PeerState::Alive)
     }
 
@@ -572,8 +578,11 @@ mod tests {
         m.merge(a, &leave, FoundBy::Mdns, true);
         assert_eq!(m.disconnected(a), None);
         assert_eq!(m.get(&a).unwrap().state, PeerState::Left);
-        // Back again after a restart: alive.
+        // A late connection does not revive it; its newer record after a
+        // restart does.
         m.connected(a, None, FoundBy::Mdns);
+        assert_eq!(m.get(&a).unwrap().state, PeerState::Left);
+        m.merge(a, &rec(3, 0.5), FoundBy::Mdns, true);
         assert_eq!(m.get(&a).unwrap().state, PeerState::Alive);
     }
 

@@ -48,6 +48,11 @@ const LEAVE_WAIT: Duration = Duration::from_millis(1000);
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 const CONFIG_RETRY_MAX: Duration = Duration::from_secs(30);
+/// Twin connections from a simultaneous dial are pruned only once both are
+/// this old, so that each side has seen both come up; closing one earlier
+/// can leave the other side with no connection for a moment (a false
+/// "failed").
+const PRUNE_AFTER: Duration = Duration::from_secs(2);
 /// A failed cell is redialed for this long, then forgotten until it shows up.
 const RETRY_GIVE_UP: Duration = Duration::from_secs(600);
 
@@ -122,6 +127,14 @@ pub struct EventLoop {
         HashMap<OutboundRequestId, oneshot::Sender<Result<RegisterOutcome, CommandError>>>,
     pending_leave: HashMap<OutboundRequestId, PeerId>,
     conns: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
+    /// When each connection came up (to tell a pruned simultaneous-dial
+    /// twin from a cell that went away).
+    conn_started: HashMap<ConnectionId, Instant>,
+    /// Connected peers we have exchanged records with since they connected.
+    exchanged: std::collections::HashSet<PeerId>,
+    /// Peers with a hello in flight (ours), so the tick does not resend.
+    hello_in_flight: HashMap<OutboundRequestId, PeerId>,
+
     retry: HashMap<PeerId, Retry>,
     configured: Vec<Configured>,
     heartbeat: Duration,
@@ -266,6 +279,10 @@ impl EventLoop {
                 pending_hello: HashMap::new(),
                 pending_leave: HashMap::new(),
                 conns: HashMap::new(),
+                conn_started: HashMap::new(),
+                exchanged: Default::default(),
+                hello_in_flight: HashMap::new(),
+
                 retry: HashMap::new(),
                 configured,
                 heartbeat: config.tuning.heartbeat(),
@@ -729,6 +746,7 @@ impl EventLoop {
             }
         }
         self.fail_silent_peers(now);
+        self.retry_hellos();
         self.prune_duplicates();
         if self.soft_dirty {
             self.dirty = true;
@@ -755,13 +773,34 @@ impl EventLoop {
         }
     }
 
+    /// Connected cells we have not exchanged records with yet (the hello
+    /// went out on a connection that was then closed): try again.
+    fn retry_hellos(&mut self) {
+        let in_flight: std::collections::HashSet<PeerId> =
+            self.hello_in_flight.values().copied().collect();
+        let missing: Vec<PeerId> = self
+            .conns
+            .keys()
+            .filter(|p| !self.exchanged.contains(p) && !in_flight.contains(p))
+            .copied()
+            .collect();
+        for peer in missing {
+            self.send_hello(peer, None);
+        }
+    }
+
     /// Simultaneous dials leave two connections between a pair. The cell with
     /// the smaller peer id keeps one (the one it dialed, else the oldest) and
     /// closes the rest; both sides agree, so exactly one survives.
     fn prune_duplicates(&mut self) {
+        let now = Instant::now();
+        let settled = |c: &ConnectionId| {
+            self.conn_started.get(c).is_some_and(|at| now.duration_since(*at) >= PRUNE_AFTER)
+        };
         let mut close = Vec::new();
         for (peer, conns) in &self.conns {
-            if conns.len() < 2 || self.local_peer > *peer {
+            if conns.len() < 2 || self.local_peer > *peer || !conns.iter().all(|(c, _)| settled(c))
+            {
                 continue;
             }
             let keep = conns.iter().find(|(_, dialer)| *dialer).unwrap_or(&conns[0]).0;
@@ -808,13 +847,7 @@ impl EventLoop {
                 self.listen_addrs.retain(|a| *a != address);
                 self.dirty = true;
             }
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                connection_id,
-                endpoint,
-                num_established,
-                ..
-            } => {
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 let pending = self.pending_dials.remove(&connection_id);
                 let origin = pending
                     .as_ref()
@@ -838,7 +871,11 @@ impl EventLoop {
                     }
                     reply = p.reply;
                 }
-                if reply.is_some() || (num_established.get() == 1 && endpoint.is_dialer()) {
+                self.conn_started.insert(connection_id, Instant::now());
+                // Exchange records with every newly connected cell. Both sides
+                // may send (a simultaneous dial): harmless, and it does not
+                // depend on which twin connection survives pruning.
+                if reply.is_some() || !self.exchanged.contains(&peer_id) {
                     self.send_hello(peer_id, reply);
                 }
             }
@@ -851,9 +888,11 @@ impl EventLoop {
                         self.conns.remove(&peer_id);
                     }
                 }
+                self.conn_started.remove(&connection_id);
                 if num_established == 0 {
                     self.last_pong.remove(&peer_id);
                     self.no_ping.remove(&peer_id);
+                    self.exchanged.remove(&peer_id);
                     tracing::debug!(peer = %peer_id, cause = ?cause, "last connection closed");
                     let t = self.mesh.disconnected(peer_id);
                     self.transition(t);
@@ -1014,6 +1053,7 @@ impl EventLoop {
             known: self.known_for(peer),
         };
         let id = self.swarm.behaviour_mut().register.send_request(&peer, req);
+        self.hello_in_flight.insert(id, peer);
         if let Some(reply) = reply {
             self.pending_hello.insert(id, reply);
         }
@@ -1065,6 +1105,10 @@ impl EventLoop {
                     if self.pending_leave.remove(&request_id).is_some() {
                         return;
                     }
+                    self.hello_in_flight.remove(&request_id);
+                    if self.swarm.is_connected(&peer) {
+                        self.exchanged.insert(peer);
+                    }
                     let result = self.merge_exchange(peer, &response.record, &response.known);
                     self.count_registration("outbound", result.is_ok());
                     if let Some(reply) = self.pending_hello.remove(&request_id) {
@@ -1088,6 +1132,12 @@ impl EventLoop {
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
                 self.pending_leave.remove(&request_id);
+                // The tick sends another hello while the peer stays connected,
+                // unless it does not speak the protocol at all.
+                self.hello_in_flight.remove(&request_id);
+                if matches!(error, request_response::OutboundFailure::UnsupportedProtocols) {
+                    self.exchanged.insert(peer);
+                }
                 if let Some(reply) = self.pending_hello.remove(&request_id) {
                     self.count_registration("outbound", false);
                     let _ = reply.send(Err(CommandError::Unreachable(format!(
@@ -1116,6 +1166,9 @@ impl EventLoop {
                 // requester is not one it made, it learns of its clone.
                 let known = self.known_for(peer);
                 let ok = self.merge_exchange(peer, &request.record, &request.known);
+                if ok.is_ok() {
+                    self.exchanged.insert(peer);
+                }
                 if let Err(e) = &ok {
                     tracing::debug!(%peer, error = %e, "refused a registration");
                 }

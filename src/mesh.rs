@@ -28,6 +28,9 @@ pub enum FoundBy {
     Gossip,
     /// We were connected to it before a restart (the state file).
     Rejoin,
+    /// Kademlia: a provider of the mesh topic, or a peer a routing query
+    /// connected us to (cells beyond the LAN).
+    Kad,
 }
 
 /// What we believe about a cell's life.
@@ -72,6 +75,8 @@ pub struct PeerEntry {
     /// Last time we heard from or about it, Unix milliseconds.
     pub last_seen_ms: u64,
     pub agent: Option<String>,
+    /// Connected only through a circuit relay (no direct link yet).
+    pub relayed: bool,
 }
 
 /// Result of merging a record.
@@ -113,6 +118,10 @@ struct Row {
     /// We have been connected to it or heard from it directly: its
     /// `cell_joined` has been announced. Rows made by discovery alone have not.
     joined: bool,
+    /// When the row was made (hearsay rows are dialed only after a while).
+    created: std::time::Instant,
+    /// We have had a connection to it.
+    ever_connected: bool,
 }
 
 /// An address without its `/p2p/<peer id>` suffix (mDNS adds one).
@@ -161,9 +170,12 @@ impl MeshView {
                 rtt_ms: None,
                 last_seen_ms: now_ms(),
                 agent: None,
+                relayed: false,
             },
             addrs: BTreeSet::new(),
             joined: false,
+            created: std::time::Instant::now(),
+            ever_connected: false,
         })
     }
 
@@ -190,6 +202,12 @@ impl MeshView {
         found: FoundBy,
     ) -> Option<Transition> {
         let row = self.row(peer, found);
+        if !row.ever_connected && row.entry.found_by == FoundBy::Gossip {
+            // Only heard of through the mesh until now (its records): what
+            // made the first connection is how it was found.
+            row.entry.found_by = found;
+        }
+        row.ever_connected = true;
         row.entry.connected = true;
         row.entry.last_seen_ms = now_ms();
         if let Some(a) = addr {
@@ -327,11 +345,22 @@ impl MeshView {
     }
 
     /// Peers believed alive but not connected: candidates to dial.
-    pub fn unconnected_alive(&self) -> impl Iterator<Item = (PeerId, Vec<Multiaddr>)> + '_ {
+    /// Cells known only from records (`FoundBy::Gossip`, never connected)
+    /// are left out until `hearsay_after` has passed, giving
+    /// routed discovery (Kademlia) the first try.
+    pub fn unconnected_alive(
+        &self,
+        hearsay_after: std::time::Duration,
+    ) -> impl Iterator<Item = (PeerId, Vec<Multiaddr>)> + '_ {
         self.peers
             .iter()
-            .filter(|(_, row)| {
-                row.entry.state == PeerState::Alive && !row.entry.connected && !row.addrs.is_empty()
+            .filter(move |(_, row)| {
+                row.entry.state == PeerState::Alive
+                    && !row.entry.connected
+                    && !row.addrs.is_empty()
+                    && (row.ever_connected
+                        || row.entry.found_by != FoundBy::Gossip
+                        || row.created.elapsed() >= hearsay_after)
             })
             .map(|(p, row)| (*p, row.addrs.iter().cloned().collect()))
     }
@@ -445,6 +474,10 @@ pub struct LocalState {
     pub consciousness_level: f64,
     pub seq: u64,
     pub listen_addrs: Vec<String>,
+    /// What AutoNAT found: `unknown`, `public` or `private`.
+    pub reachability: &'static str,
+    /// Relays holding a reservation for this cell (peer ids), when private.
+    pub relays: Vec<String>,
 }
 
 /// What readers see: an immutable copy made by the event loop after changes.
@@ -613,6 +646,8 @@ mod tests {
                 consciousness_level: 0.0,
                 seq: 1,
                 listen_addrs: vec![],
+                reachability: "unknown",
+                relays: vec![],
             },
             peers: m.entries(),
             degraded: None,

@@ -410,3 +410,38 @@ async fn renaming_a_cell_is_not_reported_as_a_clone() {
     renamed.shutdown().await;
     hub.cell.shutdown().await;
 }
+
+/// Routed discovery: a cell that knows one cell finds the rest through
+/// Kademlia (providers of the mesh topic), and says so in `/peers`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_that_knows_one_cell_finds_the_rest_through_kademlia() {
+    let a = start("ka", vec![]).await;
+    let a_addr: PeerAddr = format!("/ip4/127.0.0.1/tcp/{}", p2p_port(&a).await).parse().unwrap();
+    let b = start("kb", vec![a_addr.clone()]).await;
+    let c = start("kc", vec![a_addr]).await;
+    let ids: Vec<String> = [&a, &b, &c].iter().map(|n| n.cell.peer_id().to_base58()).collect();
+    // b and c know only a; they meet through the DHT (well before the
+    // 3 s after which a cell heard of in a record exchange is dialed).
+    for (n, other) in [(&b, &ids[2]), (&c, &ids[1])] {
+        wait_for(n, "the other cell through the DHT", Duration::from_secs(10), |p| {
+            peer(p, other).is_some_and(|e| e["connected"] == true && e["state"] == "alive")
+        })
+        .await;
+    }
+    // One of them dialed the other because Kademlia named it; the other
+    // saw it arrive (or dialed it too).
+    let bp = get(&format!("{}/peers", b.api)).await;
+    let cp = get(&format!("{}/peers", c.api)).await;
+    let how = [
+        peer(&bp, &ids[2]).unwrap()["found_by"].clone(),
+        peer(&cp, &ids[1]).unwrap()["found_by"].clone(),
+    ];
+    assert!(how.iter().any(|h| h == "kad"), "found_by: {how:?}");
+    assert!(how.iter().all(|h| h == "kad" || h == "inbound"), "found_by: {how:?}");
+    // The DHT answers even without any record exchange naming the cell:
+    // /health shows reachability as AutoNAT judged it (loopback cells may
+    // not have a verdict yet) and no relays for a cell that needs none.
+    let h = get(&format!("{}/health", c.api)).await;
+    assert!(["unknown", "public", "private"].contains(&h["reachability"].as_str().unwrap()), "{h}");
+    assert!(h["relays"].is_array(), "{h}");
+}

@@ -117,6 +117,10 @@ pub struct Health {
     pub version: &'static str,
     pub uptime_seconds: u64,
     pub listen_addrs: Vec<String>,
+    /// AutoNAT's verdict: `unknown`, `public` or `private`.
+    pub reachability: &'static str,
+    /// Relays this cell is reachable through (peer ids), when private.
+    pub relays: Vec<String>,
     pub vault_addr: Option<String>,
     pub prometheus_addr: Option<String>,
 }
@@ -138,6 +142,8 @@ pub(super) async fn health(State(state): State<AppState>) -> Json<Health> {
         version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: state.started.elapsed().as_secs(),
         listen_addrs: snap.local.listen_addrs.clone(),
+        reachability: snap.local.reachability,
+        relays: snap.local.relays.clone(),
         vault_addr: state.vault_addr.clone(),
         prometheus_addr: state.prometheus_addr.clone(),
     })

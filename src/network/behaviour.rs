@@ -9,13 +9,13 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    connection_limits, gossipsub, identify, identity::Keypair, mdns, noise, ping, tcp, yamux,
-    StreamProtocol, Swarm,
+    autonat, connection_limits, dcutr, gossipsub, identify, identity::Keypair, kad, mdns, noise,
+    ping, relay, tcp, yamux, StreamProtocol, Swarm,
 };
 use prometheus_client::registry::Registry;
 
 use super::protocol::{
-    RegisterRequest, RegisterResponse, IDENTIFY_PROTOCOL, REGISTER_PROTOCOL, TOPIC,
+    RegisterRequest, RegisterResponse, IDENTIFY_PROTOCOL, KAD_PROTOCOL, REGISTER_PROTOCOL, TOPIC,
 };
 use super::NetworkError;
 use crate::config::Config;
@@ -35,6 +35,18 @@ pub const MAX_CONNECTIONS_PER_PEER: u32 = 3;
 pub const MAX_ESTABLISHED: u32 = 512;
 pub const MAX_PENDING_INCOMING: u32 = 64;
 pub const MAX_PENDING_OUTGOING: u32 = 128;
+/// Provider records of the mesh topic live this long unless republished;
+/// each cell republishes its own every `PROVIDER_REPUBLISH`.
+pub const PROVIDER_TTL: Duration = Duration::from_secs(30 * 60);
+pub const PROVIDER_REPUBLISH: Duration = Duration::from_secs(10 * 60);
+/// Relay limits for the circuits a reachable cell serves to cells behind
+/// NAT. A cell link carries ~100 B/s of pings and records, so no byte cap;
+/// a circuit lasts a day, then the cells reconnect (hole punching usually
+/// replaces it with a direct link long before).
+pub const RELAY_MAX_RESERVATIONS: usize = 128;
+pub const RELAY_MAX_CIRCUITS: usize = 64;
+pub const RELAY_MAX_CIRCUITS_PER_PEER: usize = 8;
+pub const RELAY_CIRCUIT_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 /// Every protocol a cell speaks.
 #[derive(NetworkBehaviour)]
@@ -45,6 +57,16 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     pub limits: connection_limits::Behaviour,
+    /// Routed discovery beyond the LAN: the cells' own DHT.
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Whether others can dial us (decides whether we need a relay).
+    pub autonat: autonat::Behaviour,
+    /// Circuit relay v2, served to cells behind NAT.
+    pub relay: relay::Behaviour,
+    /// Circuit relay v2 client: reservations on relays when we are private.
+    pub relay_client: relay::client::Behaviour,
+    /// Hole punching: upgrades relayed links to direct ones.
+    pub dcutr: dcutr::Behaviour,
 }
 
 /// Peer scoring that punishes invalid records and nothing else. The
@@ -78,7 +100,61 @@ pub fn agent_version() -> String {
     format!("aios-cell/{}", env!("CARGO_PKG_VERSION"))
 }
 
-fn behaviour(key: &Keypair, config: &Config) -> Result<Behaviour, NetworkError> {
+fn kademlia(peer_id: libp2p::PeerId) -> kad::Behaviour<kad::store::MemoryStore> {
+    let mut cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+    cfg.set_query_timeout(Duration::from_secs(10))
+        .set_provider_record_ttl(Some(PROVIDER_TTL))
+        .set_provider_publication_interval(Some(PROVIDER_REPUBLISH))
+        // A provider answer lists every cell of a big mesh with its addresses.
+        .set_max_packet_size(256 * 1024);
+    let store = kad::store::MemoryStore::with_config(
+        peer_id,
+        kad::store::MemoryStoreConfig {
+            // Every cell provides the one mesh key: keep them all, not 20.
+            max_providers_per_key: MAX_ESTABLISHED as usize,
+            ..Default::default()
+        },
+    );
+    let mut kad = kad::Behaviour::with_config(peer_id, store, cfg);
+    // Cells are equals: every cell answers queries, reachable from outside
+    // or not (the default waits for a confirmed external address, which a
+    // LAN cell never gets).
+    kad.set_mode(Some(kad::Mode::Server));
+    kad
+}
+
+fn autonat_config() -> autonat::Config {
+    autonat::Config {
+        // Probe soon after start and retry often until sure: the answer
+        // decides whether this cell needs a relay.
+        boot_delay: Duration::from_secs(2),
+        retry_interval: Duration::from_secs(20),
+        refresh_interval: Duration::from_secs(15 * 60),
+        throttle_server_period: Duration::from_secs(15),
+        timeout: Duration::from_secs(10),
+        // Cells live on private networks: 10/8, 192.168/16 are the norm.
+        only_global_ips: false,
+        ..Default::default()
+    }
+}
+
+fn relay_config() -> relay::Config {
+    relay::Config {
+        max_reservations: RELAY_MAX_RESERVATIONS,
+        max_circuits: RELAY_MAX_CIRCUITS,
+        max_circuits_per_peer: RELAY_MAX_CIRCUITS_PER_PEER,
+        max_circuit_duration: RELAY_CIRCUIT_DURATION,
+        // 0: no byte limit on a circuit.
+        max_circuit_bytes: 0,
+        ..Default::default()
+    }
+}
+
+fn behaviour(
+    key: &Keypair,
+    config: &Config,
+    relay_client: relay::client::Behaviour,
+) -> Result<Behaviour, NetworkError> {
     let peer_id = key.public().to_peer_id();
     let gossip_config = gossipsub::ConfigBuilder::default()
         .validation_mode(gossipsub::ValidationMode::Strict)
@@ -138,19 +214,39 @@ fn behaviour(key: &Keypair, config: &Config) -> Result<Behaviour, NetworkError> 
     } else {
         None
     };
-    Ok(Behaviour { gossipsub, register, identify, ping, mdns: mdns.into(), limits })
+    Ok(Behaviour {
+        gossipsub,
+        register,
+        identify,
+        ping,
+        mdns: mdns.into(),
+        limits,
+        kad: kademlia(peer_id),
+        autonat: autonat::Behaviour::new(peer_id, autonat_config()),
+        relay: relay::Behaviour::new(peer_id, relay_config()),
+        relay_client,
+        dcutr: dcutr::Behaviour::new(peer_id),
+    })
 }
 
-/// Builds the swarm: TCP (Noise, Yamux) and QUIC v1, bandwidth metrics in
-/// `registry`. With a pre-shared key, TCP only, every connection wrapped in
-/// libp2p's pnet before Noise.
+/// The builder wants behaviour errors boxed.
+fn boxed(
+    b: Result<Behaviour, NetworkError>,
+) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    b.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+}
+
+/// Builds the swarm: TCP (Noise, Yamux), QUIC v1 and the circuit relay
+/// client transport, bandwidth metrics in `registry`. With a pre-shared key,
+/// TCP only, every connection wrapped in libp2p's pnet before Noise (relayed
+/// connections run inside a pnet connection to the relay).
 pub fn build_swarm(
     key: Keypair,
     config: &Config,
     psk: Option<PreSharedKey>,
     registry: &mut Registry,
 ) -> Result<Swarm<Behaviour>, NetworkError> {
-    let b = behaviour(&key, config)?;
+    let config = config.clone();
     // Cells keep a connection to every other cell for as long as both run;
     // only gossipsub's mesh peers would keep a connection alive on their own,
     // so the idle timeout is set out of the way. Duplicate connections are
@@ -173,8 +269,10 @@ pub fn build_swarm(
                 )
             })
             .map_err(|e| transport_err(&e))?
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| transport_err(&e))?
             .with_bandwidth_metrics(registry)
-            .with_behaviour(|_| b)
+            .with_behaviour(|key, relay| boxed(behaviour(key, &config, relay)))
             .map_err(|e| behaviour_err(&e))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
             .build()
@@ -191,15 +289,19 @@ pub fn build_swarm(
                     c.keep_alive_interval = Duration::from_secs(1);
                     c
                 })
+                .with_relay_client(noise::Config::new, yamux::Config::default)
+                .map_err(|e| transport_err(&e))?
                 .with_bandwidth_metrics(registry)
-                .with_behaviour(|_| b)
+                .with_behaviour(|key, relay| boxed(behaviour(key, &config, relay)))
                 .map_err(|e| behaviour_err(&e))?
                 .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
                 .build()
         } else {
             builder
+                .with_relay_client(noise::Config::new, yamux::Config::default)
+                .map_err(|e| transport_err(&e))?
                 .with_bandwidth_metrics(registry)
-                .with_behaviour(|_| b)
+                .with_behaviour(|key, relay| boxed(behaviour(key, &config, relay)))
                 .map_err(|e| behaviour_err(&e))?
                 .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
                 .build()

@@ -10,20 +10,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
 use libp2p::metrics::Recorder;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{identify, mdns, ping, Multiaddr, PeerId, Swarm};
+use libp2p::{autonat, dcutr, identify, kad, mdns, ping, relay, Multiaddr, PeerId, Swarm};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{agent_version, Behaviour, BehaviourEvent};
 use super::handle::{resolve, Command, CommandError, Handle, RegisterOutcome, SyncOutcome};
 use super::protocol::{
-    CellRecord, KnownCell, RegisterRequest, RegisterResponse, RequestKind, MAX_KNOWN_RECORDS, TOPIC,
+    CellRecord, KnownCell, RegisterRequest, RegisterResponse, RequestKind, KAD_PROTOCOL,
+    MAX_KNOWN_RECORDS, MESH_KEY, TOPIC,
 };
 use super::NetworkError;
 use crate::config::{Config, PeerAddr, DEFAULT_HTTP_PORT};
@@ -55,6 +57,34 @@ const CONFIG_RETRY_MAX: Duration = Duration::from_secs(30);
 const PRUNE_AFTER: Duration = Duration::from_secs(2);
 /// A failed cell is redialed for this long, then forgotten until it shows up.
 const RETRY_GIVE_UP: Duration = Duration::from_secs(600);
+/// Kademlia discovery rounds (who provides the mesh topic?): soon after any
+/// new connection, then backing off to `KAD_ROUND_MAX` while nothing changes.
+/// A cell that joins later runs its own rounds, and its records reach the
+/// rest by gossip, so a quiet mesh need not poll.
+const KAD_ROUND_MIN: Duration = Duration::from_secs(1);
+const KAD_ROUND_MAX: Duration = Duration::from_secs(600);
+/// While rounds are this frequent, each also re-announces this cell as a
+/// provider (the DHT has just changed); otherwise Kademlia republishes it.
+const KAD_ANNOUNCE_BELOW: Duration = Duration::from_secs(60);
+/// A cell heard of only through another cell's records is looked up in the
+/// DHT first; if that has not connected us within this time, its recorded
+/// addresses are dialed directly.
+const HEARSAY_DIAL_AFTER: Duration = Duration::from_secs(3);
+/// Relays a private cell keeps a reservation on, and how long it leaves a
+/// relay that refused before trying it again.
+const WANTED_RELAYS: usize = 2;
+const RELAY_RETRY: Duration = Duration::from_secs(30);
+
+/// One connection to a peer.
+struct Conn {
+    id: ConnectionId,
+    /// We dialed it.
+    dialer: bool,
+    /// It runs through a circuit relay.
+    relayed: bool,
+    /// The remote address (for a dialer: the one we dialed).
+    addr: Multiaddr,
+}
 
 /// A dial we started and want to hear back from.
 struct PendingDial {
@@ -126,7 +156,7 @@ pub struct EventLoop {
     pending_hello:
         HashMap<OutboundRequestId, oneshot::Sender<Result<RegisterOutcome, CommandError>>>,
     pending_leave: HashMap<OutboundRequestId, PeerId>,
-    conns: HashMap<PeerId, Vec<(ConnectionId, bool)>>,
+    conns: HashMap<PeerId, Vec<Conn>>,
     /// When each connection came up (to tell a pruned simultaneous-dial
     /// twin from a cell that went away).
     conn_started: HashMap<ConnectionId, Instant>,
@@ -152,6 +182,17 @@ pub struct EventLoop {
     handshake_warned: std::collections::HashSet<String>,
     /// The peer of the last anti-entropy exchange (round-robin cursor).
     last_exchange: Option<PeerId>,
+    /// Next Kademlia discovery round and the current backoff.
+    kad_next: Instant,
+    kad_backoff: Duration,
+    /// AutoNAT's verdict: `unknown`, `public`, `private`.
+    reachability: &'static str,
+    /// Peers that serve circuit relay v2 (identify lists the hop protocol).
+    hop_peers: std::collections::HashSet<PeerId>,
+    /// Relay listeners we opened (private cells), and those accepted.
+    relay_listeners: HashMap<PeerId, ListenerId>,
+    relays_ok: std::collections::HashSet<PeerId>,
+    relay_tried: HashMap<PeerId, Instant>,
     dirty: bool,
     soft_dirty: bool,
 }
@@ -221,6 +262,8 @@ impl EventLoop {
                 consciousness_level: local.level,
                 seq: local.seq,
                 listen_addrs: Vec::new(),
+                reachability: "unknown",
+                relays: Vec::new(),
             },
             peers: Vec::new(),
             degraded: None,
@@ -292,6 +335,13 @@ impl EventLoop {
                 private: config.swarm_key.is_some(),
                 handshake_warned: Default::default(),
                 last_exchange: None,
+                kad_next: now,
+                kad_backoff: KAD_ROUND_MIN,
+                reachability: "unknown",
+                hop_peers: Default::default(),
+                relay_listeners: HashMap::new(),
+                relays_ok: Default::default(),
+                relay_tried: HashMap::new(),
                 dirty: true,
                 soft_dirty: false,
             },
@@ -501,6 +551,21 @@ impl EventLoop {
 
     // ---- snapshot -------------------------------------------------------
 
+    /// The mesh's entries, each marked relayed when its only links are
+    /// circuits.
+    fn peer_entries(&self) -> Vec<crate::mesh::PeerEntry> {
+        let mut entries = self.mesh.entries();
+        for e in &mut entries {
+            if let Ok(p) = e.peer_id.parse::<PeerId>() {
+                e.relayed = self
+                    .conns
+                    .get(&p)
+                    .is_some_and(|c| !c.is_empty() && c.iter().all(|c| c.relayed));
+            }
+        }
+        entries
+    }
+
     fn publish_snapshot(&mut self) {
         self.dirty = false;
         self.soft_dirty = false;
@@ -512,8 +577,10 @@ impl EventLoop {
                 consciousness_level: self.local.level,
                 seq: self.local.seq,
                 listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+                reachability: self.reachability,
+                relays: self.relays_ok.iter().map(|p| p.to_base58()).collect(),
             },
-            peers: self.mesh.entries(),
+            peers: self.peer_entries(),
             degraded: self.degraded.clone(),
         };
         self.metrics.observe(&snap);
@@ -598,6 +665,11 @@ impl EventLoop {
         }
         if merge == Merge::Stale {
             return merge;
+        }
+        if merge == Merge::New && !direct && !self.swarm.is_connected(&peer) {
+            // A cell we had not heard of: let the DHT find it now.
+            self.kad_backoff = KAD_ROUND_MIN;
+            self.kad_next = self.kad_next.min(Instant::now());
         }
         self.dirty = true;
         if old_level != Some(record.level) {
@@ -693,7 +765,7 @@ impl EventLoop {
         let now = Instant::now();
         // Cells we believe alive (from mDNS or another cell's records) but are
         // not connected to: dial them.
-        let candidates: Vec<_> = self.mesh.unconnected_alive().collect();
+        let candidates: Vec<_> = self.mesh.unconnected_alive(HEARSAY_DIAL_AFTER).collect();
         for (peer, addrs) in candidates {
             let origin = self.mesh.get(&peer).map(|e| e.found_by).unwrap_or(FoundBy::Gossip);
             self.dial_peer(peer, addrs, origin);
@@ -746,6 +818,14 @@ impl EventLoop {
             }
         }
         self.fail_silent_peers(now);
+        if now >= self.kad_next && !self.conns.is_empty() {
+            self.kad_round();
+            self.kad_next = now + self.kad_backoff;
+            self.kad_backoff = (self.kad_backoff * 2).min(KAD_ROUND_MAX);
+        }
+        if self.reachability == "private" {
+            self.ensure_relays(now);
+        }
         self.retry_hellos();
         self.prune_duplicates();
         if self.soft_dirty {
@@ -799,12 +879,25 @@ impl EventLoop {
         };
         let mut close = Vec::new();
         for (peer, conns) in &self.conns {
-            if conns.len() < 2 || self.local_peer > *peer || !conns.iter().all(|(c, _)| settled(c))
-            {
+            if conns.len() < 2 || !conns.iter().all(|c| settled(&c.id)) {
                 continue;
             }
-            let keep = conns.iter().find(|(_, dialer)| *dialer).unwrap_or(&conns[0]).0;
-            close.extend(conns.iter().filter(|(c, _)| *c != keep).map(|(c, _)| *c));
+            // A relayed link is only a stand-in: once a direct one exists
+            // (hole punching, or a dial from the other side), both cells
+            // close the circuit.
+            let direct: Vec<&Conn> = conns.iter().filter(|c| !c.relayed).collect();
+            if !direct.is_empty() {
+                close.extend(conns.iter().filter(|c| c.relayed).map(|c| c.id));
+            }
+            if self.local_peer > *peer {
+                continue;
+            }
+            let pool = if direct.is_empty() { conns.iter().collect() } else { direct };
+            if pool.len() < 2 {
+                continue;
+            }
+            let keep = pool.iter().find(|c| c.dialer).unwrap_or(&pool[0]).id;
+            close.extend(pool.iter().filter(|c| c.id != keep).map(|c| c.id));
         }
         for c in close {
             self.swarm.close_connection(c);
@@ -828,6 +921,7 @@ impl EventLoop {
                         tracing::debug!(peer = %peer_id, version = info.protocol_version, "peer speaks another identify protocol");
                     }
                     self.mesh.identified(peer_id, &info.agent_version, &info.listen_addrs);
+                    self.on_identified(peer_id, &info);
                     self.soft_dirty = true;
                 }
             }
@@ -836,6 +930,37 @@ impl EventLoop {
                 self.on_ping(e);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(e)) => self.on_mdns(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => {
+                self.p2p_metrics.record(&e);
+                self.on_kad(e);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(e)) => self.on_autonat(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => {
+                self.p2p_metrics.record(&e);
+                tracing::debug!(event = ?e, "relay (serving)");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(e)) => self.on_relay_client(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => {
+                self.p2p_metrics.record(&e);
+                self.on_dcutr(e);
+            }
+            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                let gone: Vec<PeerId> = self
+                    .relay_listeners
+                    .iter()
+                    .filter(|(_, l)| **l == listener_id)
+                    .map(|(p, _)| *p)
+                    .collect();
+                for p in gone {
+                    tracing::info!(relay = %p, ?reason, "relay listener closed");
+                    self.relay_listeners.remove(&p);
+                    self.relays_ok.remove(&p);
+                    self.dirty = true;
+                }
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+            }
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening (libp2p)");
                 if !self.listen_addrs.contains(&address) {
@@ -849,14 +974,26 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 let pending = self.pending_dials.remove(&connection_id);
+                // Our own dials are in `pending_dials`; another dialer is a
+                // Kademlia query reaching a cell it was told about.
                 let origin = pending
                     .as_ref()
                     .map(|p| p.origin)
-                    .unwrap_or(if endpoint.is_dialer() { FoundBy::Mdns } else { FoundBy::Inbound });
+                    .unwrap_or(if endpoint.is_dialer() { FoundBy::Kad } else { FoundBy::Inbound });
+                if !self.conns.contains_key(&peer_id) {
+                    // A cell we were not connected to: the DHT may know more now.
+                    self.kad_backoff = KAD_ROUND_MIN;
+                    self.kad_next = self.kad_next.min(Instant::now() + KAD_ROUND_MIN);
+                }
                 let addr = endpoint.is_dialer().then(|| strip_p2p(endpoint.get_remote_address()));
                 let t = self.mesh.connected(peer_id, addr.as_ref(), origin);
                 self.transition(t);
-                self.conns.entry(peer_id).or_default().push((connection_id, endpoint.is_dialer()));
+                self.conns.entry(peer_id).or_default().push(Conn {
+                    id: connection_id,
+                    dialer: endpoint.is_dialer(),
+                    relayed: endpoint.is_relayed(),
+                    addr: endpoint.get_remote_address().clone(),
+                });
                 self.last_pong.entry(peer_id).or_insert_with(Instant::now);
                 self.dirty = true;
                 let mut reply = None;
@@ -883,7 +1020,7 @@ impl EventLoop {
                 peer_id, connection_id, num_established, cause, ..
             } => {
                 if let Some(c) = self.conns.get_mut(&peer_id) {
-                    c.retain(|(id, _)| *id != connection_id);
+                    c.retain(|c| c.id != connection_id);
                     if c.is_empty() {
                         self.conns.remove(&peer_id);
                     }
@@ -968,6 +1105,172 @@ impl EventLoop {
                 for (peer, addr) in list {
                     tracing::debug!(%peer, %addr, "mDNS record expired");
                 }
+            }
+        }
+    }
+
+    // ---- beyond the LAN: Kademlia, AutoNAT, relay, hole punching ---------
+
+    /// Feeds a cell's listen addresses to Kademlia (libp2p's kad learns only
+    /// the address we dialed, none for inbound peers) and notes relays.
+    fn on_identified(&mut self, peer: PeerId, info: &identify::Info) {
+        let speaks = |name: &str| info.protocols.iter().any(|p| p.as_ref() == name);
+        if speaks(relay::HOP_PROTOCOL_NAME.as_ref()) {
+            self.hop_peers.insert(peer);
+        }
+        if !speaks(KAD_PROTOCOL) {
+            return;
+        }
+        // A remote's loopback address reaches ourselves, unless we reach the
+        // remote over loopback too (cells on one machine).
+        let local_link =
+            self.conns.get(&peer).is_some_and(|c| c.iter().any(|c| is_loopback(&c.addr)));
+        for addr in &info.listen_addrs {
+            if (is_loopback(addr) && !local_link) || is_unspecified(addr) {
+                continue;
+            }
+            self.swarm.behaviour_mut().kad.add_address(&peer, strip_p2p(addr));
+        }
+    }
+
+    /// Asks the DHT who provides the mesh topic (every cell does), and
+    /// while the mesh is changing, announces this cell as one.
+    fn kad_round(&mut self) {
+        let key = kad::RecordKey::new(&MESH_KEY);
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if self.kad_backoff < KAD_ANNOUNCE_BELOW {
+            if let Err(e) = kad.start_providing(key.clone()) {
+                tracing::warn!(error = %e, "cannot announce this cell in the DHT");
+            }
+        }
+        kad.get_providers(key);
+        tracing::debug!(next_in = ?self.kad_backoff, "Kademlia discovery round");
+    }
+
+    fn on_kad(&mut self, e: kad::Event) {
+        match e {
+            kad::Event::OutboundQueryProgressed {
+                result:
+                    kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                        providers,
+                        ..
+                    })),
+                ..
+            } => {
+                for peer in providers {
+                    if peer == self.local_peer || self.swarm.is_connected(&peer) {
+                        continue;
+                    }
+                    tracing::debug!(%peer, "Kademlia: a cell provides the mesh topic");
+                    // No addresses here: Kademlia hands the swarm the ones it
+                    // learned in the query. No new port either: a dial from
+                    // the listen port is what lets NAT hole punching work.
+                    let opts = DialOpts::peer_id(peer)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    let id = opts.connection_id();
+                    if self.swarm.dial(opts).is_ok() {
+                        self.pending_dials.insert(
+                            id,
+                            PendingDial {
+                                origin: FoundBy::Kad,
+                                reply: None,
+                                config_index: None,
+                                addr: None,
+                            },
+                        );
+                    }
+                }
+            }
+            kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } => {
+                tracing::debug!(%peer, "Kademlia: added to the routing table");
+            }
+            kad::Event::OutboundQueryProgressed { result, .. } => {
+                tracing::trace!(?result, "Kademlia query progressed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_autonat(&mut self, e: autonat::Event) {
+        if let autonat::Event::StatusChanged { old, new } = e {
+            self.reachability = match new {
+                autonat::NatStatus::Public(_) => "public",
+                autonat::NatStatus::Private => "private",
+                autonat::NatStatus::Unknown => "unknown",
+            };
+            tracing::info!(?old, ?new, "AutoNAT: reachability is {}", self.reachability);
+            if self.reachability != "private" {
+                // Reachable: no need for relays any more.
+                for (relay, listener) in self.relay_listeners.drain() {
+                    tracing::info!(%relay, "dropping relay reservation (reachable now)");
+                    self.swarm.remove_listener(listener);
+                }
+                self.relays_ok.clear();
+            } else {
+                self.ensure_relays(Instant::now());
+            }
+            self.dirty = true;
+        }
+    }
+
+    /// A private cell listens through up to [`WANTED_RELAYS`] relays: cells
+    /// that serve relay v2 and that we reached by a direct dial (so others
+    /// can reach them too).
+    fn ensure_relays(&mut self, now: Instant) {
+        if self.relay_listeners.len() >= WANTED_RELAYS {
+            return;
+        }
+        let mut candidates: Vec<(PeerId, Multiaddr)> = Vec::new();
+        for peer in &self.hop_peers {
+            if self.relay_listeners.contains_key(peer)
+                || self.relay_tried.get(peer).is_some_and(|t| now.duration_since(*t) < RELAY_RETRY)
+            {
+                continue;
+            }
+            let direct = self
+                .conns
+                .get(peer)
+                .and_then(|c| c.iter().find(|c| c.dialer && !c.relayed && !is_loopback(&c.addr)));
+            if let Some(c) = direct {
+                candidates.push((*peer, strip_p2p(&c.addr)));
+            }
+        }
+        candidates.sort();
+        for (relay, addr) in candidates {
+            if self.relay_listeners.len() >= WANTED_RELAYS {
+                break;
+            }
+            self.relay_tried.insert(relay, now);
+            let circuit = addr.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
+            match self.swarm.listen_on(circuit.clone()) {
+                Ok(id) => {
+                    tracing::info!(%relay, addr = %circuit, "private: asking a cell to relay for us");
+                    self.relay_listeners.insert(relay, id);
+                }
+                Err(e) => tracing::warn!(%relay, error = %e, "cannot listen through relay"),
+            }
+        }
+    }
+
+    fn on_relay_client(&mut self, e: relay::client::Event) {
+        match e {
+            relay::client::Event::ReservationReqAccepted { relay_peer_id, renewal, .. } => {
+                if !renewal {
+                    tracing::info!(relay = %relay_peer_id, "reachable through a relay");
+                }
+                self.relays_ok.insert(relay_peer_id);
+                self.dirty = true;
+            }
+            other => tracing::debug!(event = ?other, "relay client"),
+        }
+    }
+
+    fn on_dcutr(&mut self, e: dcutr::Event) {
+        match e.result {
+            Ok(_) => tracing::info!(peer = %e.remote_peer_id, "hole punching: direct link made"),
+            Err(err) => {
+                tracing::info!(peer = %e.remote_peer_id, error = %err, "hole punching failed; staying relayed")
             }
         }
     }
@@ -1255,6 +1558,22 @@ fn dial_addrs(addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
     } else {
         addrs
     }
+}
+
+fn is_loopback(a: &Multiaddr) -> bool {
+    a.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
+fn is_unspecified(a: &Multiaddr) -> bool {
+    a.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
 }
 
 fn peer_of(addr: &Multiaddr) -> Option<PeerId> {

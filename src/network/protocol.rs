@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 pub const TOPIC: &str = "aios/consciousness/1";
 /// Request-response protocol for registration, record exchange and leave.
 pub const REGISTER_PROTOCOL: &str = "/aios/register/1.0.0";
+/// Kademlia protocol name: cells keep their own DHT, apart from IPFS's.
+pub const KAD_PROTOCOL: &str = "/aios/kad/1.0.0";
+/// Kademlia key under which every cell provides itself: the mesh topic.
+pub const MESH_KEY: &str = TOPIC;
 /// Identify protocol version.
 pub const IDENTIFY_PROTOCOL: &str = "/aios/1.0.0";
 /// Largest CBOR record we publish or accept on gossip, in bytes.

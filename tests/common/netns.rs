@@ -121,6 +121,37 @@ pub(crate) fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// `nft` on PATH or in the usual sbin dirs.
+pub(crate) fn nft_path() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    dirs.extend(["/usr/sbin", "/sbin"].map(PathBuf::from));
+    dirs.into_iter().map(|d| d.join("nft")).find(|p| p.is_file())
+}
+
+/// Runs `program args` inside namespace `ns` and waits for it.
+fn run_in(ns: &str, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Result<(), String> {
+    let ip = ip_path().ok_or("iproute2's `ip` was not found")?;
+    let program = program.as_ref();
+    let out = Command::new(ip)
+        .args(["netns", "exec", ns])
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{} {}: {e}", program.to_string_lossy(), args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "in {ns}: {} {}: {}",
+            program.to_string_lossy(),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
 /// Sends `signal` (a name such as `TERM` or `KILL`) to `pid` through the
 /// shell's `kill` builtin: std can only send SIGKILL, and `sh` is
 /// everywhere while /bin/kill is not.
@@ -248,6 +279,8 @@ struct Host {
     ns: String,
     veth: String,
     addr: Ipv4Addr,
+    /// The hub namespace whose bridge the host's cable plugs into.
+    hub: String,
 }
 
 struct Proc {
@@ -264,6 +297,10 @@ pub(crate) struct Lan {
     id: u32,
     prefix: String,
     hub: Option<String>,
+    /// Every hub namespace (two for a routed layout).
+    hubs: Vec<String>,
+    /// The router namespace of a routed layout.
+    router: Option<String>,
     hosts: Vec<Host>,
     procs: Vec<Proc>,
     dir: tempfile::TempDir,
@@ -295,10 +332,156 @@ impl Lan {
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
         live().insert(id, Resources::default());
-        let mut lan = Lan { id, prefix, hub: None, hosts: Vec::new(), procs: Vec::new(), dir };
+        let mut lan = Lan {
+            id,
+            prefix,
+            hub: None,
+            hubs: Vec::new(),
+            router: None,
+            hosts: Vec::new(),
+            procs: Vec::new(),
+            dir,
+        };
         // On an error the half-built LAN is dropped, which removes what exists.
         lan.build(octet, x, hosts)?;
         Ok(lan)
+    }
+
+    /// Two LANs joined by a router namespace that forwards unicast but not
+    /// multicast (so mDNS stays on each LAN): LAN A's `hosts_a` hosts on
+    /// `10.<octet>.<x>.0/24`, then LAN B's `hosts_b` on `10.<octet>.<x+1>.0/24`,
+    /// host indexes running on from A to B; the router is `.254` on both and
+    /// every host's default gateway. With `nat`, the router masquerades LAN
+    /// B behind its LAN A address and drops connections opened from A to B
+    /// (a home router); needs nftables (`nft`).
+    pub(crate) fn routed(
+        tag: &str,
+        octet: u8,
+        hosts_a: usize,
+        hosts_b: usize,
+        nat: bool,
+    ) -> Result<Lan, String> {
+        if hosts_a + hosts_b > 250 || hosts_a == 0 || hosts_b == 0 {
+            return Err(format!("{hosts_a} + {hosts_b} hosts: want 1..=250 in all, both > 0"));
+        }
+        install_signal_cleanup();
+        let id = NEXT_LAN.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let prefix = format!("{tag}{pid}-{id}");
+        let longest_link = format!("{prefix}v{}", hosts_a + hosts_b);
+        if longest_link.len() > 15 {
+            return Err(format!("link name {longest_link} is over 15 characters; shorten the tag"));
+        }
+        let x = ((pid as u64 + u64::from(id) * 97) % 253 + 1) as u8;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("aios-{prefix}-"))
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        live().insert(id, Resources::default());
+        let mut lan = Lan {
+            id,
+            prefix,
+            hub: None,
+            hubs: Vec::new(),
+            router: None,
+            hosts: Vec::new(),
+            procs: Vec::new(),
+            dir,
+        };
+        lan.build_routed(octet, x, hosts_a, hosts_b, nat)?;
+        Ok(lan)
+    }
+
+    fn build_routed(
+        &mut self,
+        octet: u8,
+        x: u8,
+        hosts_a: usize,
+        hosts_b: usize,
+        nat: bool,
+    ) -> Result<(), String> {
+        let p = self.prefix.clone();
+        let router = format!("{p}rt");
+        self.add_ns(&router)?;
+        self.router = Some(router.clone());
+        ip(&["-n", &router, "link", "set", "lo", "up"])?;
+        let mut first = 1;
+        for (side, count, third) in [("a", hosts_a, x), ("b", hosts_b, x + 1)] {
+            let hub = format!("{p}hub{side}");
+            self.add_ns(&hub)?;
+            self.hubs.push(hub.clone());
+            ip(&["-n", &hub, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"])?;
+            ip(&["-n", &hub, "link", "set", "br0", "up"])?;
+            // The router's leg on this LAN.
+            let leg = format!("eth{side}");
+            let port = format!("{p}r{side}");
+            ip(&[
+                "link", "add", &port, "netns", &hub, "type", "veth", "peer", "name", &leg, "netns",
+                &router,
+            ])?;
+            ip(&["-n", &hub, "link", "set", &port, "master", "br0", "up"])?;
+            ip(&["-n", &router, "link", "set", &leg, "up"])?;
+            let gw = Ipv4Addr::new(10, octet, third, 254);
+            ip(&["-n", &router, "addr", "add", &format!("{gw}/24"), "dev", &leg])?;
+            for i in first..first + count {
+                let ns = format!("{p}h{i}");
+                let veth = format!("{p}v{i}");
+                let addr = Ipv4Addr::new(10, octet, third, (i - first + 1) as u8);
+                self.add_ns(&ns)?;
+                self.hosts.push(Host {
+                    ns: ns.clone(),
+                    veth: veth.clone(),
+                    addr,
+                    hub: hub.clone(),
+                });
+                ip(&[
+                    "link", "add", &veth, "netns", &hub, "type", "veth", "peer", "name", "eth0",
+                    "netns", &ns,
+                ])?;
+                ip(&["-n", &hub, "link", "set", &veth, "master", "br0", "multicast", "on", "up"])?;
+                ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+                ip(&["-n", &ns, "link", "set", "eth0", "multicast", "on", "up"])?;
+                ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+                ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"])?;
+                ip(&["-n", &ns, "route", "add", "default", "via", &gw.to_string()])?;
+            }
+            first += count;
+        }
+        // Forward unicast between the legs (a new namespace does not).
+        run_in(&router, "sh", &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])?;
+        if nat {
+            let lan_b = format!("10.{octet}.{}.0/24", x + 1);
+            let rules = format!(
+                "table ip aiosnat {{\n\
+                   chain post {{ type nat hook postrouting priority srcnat; policy accept;\n\
+                     ip saddr {lan_b} oifname \"etha\" masquerade\n\
+                   }}\n\
+                   chain fwd {{ type filter hook forward priority filter; policy accept;\n\
+                     ct state established,related accept\n\
+                     iifname \"etha\" oifname \"ethb\" drop\n\
+                   }}\n\
+                 }}\n"
+            );
+            let file = self.dir().join("nat.nft");
+            std::fs::write(&file, rules).map_err(|e| format!("{}: {e}", file.display()))?;
+            let nft = nft_path().ok_or("nftables' `nft` was not found (apt install nftables)")?;
+            run_in(&router, nft, &["-f", &file.to_string_lossy()])?;
+        }
+        Ok(())
+    }
+
+    /// The router's address on the LAN of `host` (its default gateway), for
+    /// a routed layout.
+    pub(crate) fn gateway(&self, host: usize) -> Ipv4Addr {
+        let [a, b, c, _] = self.hosts[host].addr.octets();
+        Ipv4Addr::new(a, b, c, 254)
+    }
+
+    /// Takes the router's leg on LAN `side` (`a` or `b`) down or up: the
+    /// LANs lose each other, each LAN keeps working.
+    pub(crate) fn set_router_leg(&self, side: &str, up: bool) -> Result<(), String> {
+        let router = self.router.as_deref().ok_or("not a routed layout")?;
+        ip(&["-n", router, "link", "set", &format!("eth{side}"), if up { "up" } else { "down" }])
     }
 
     fn add_ns(&mut self, name: &str) -> Result<(), String> {
@@ -322,7 +505,7 @@ impl Lan {
             let veth = format!("{p}v{i}");
             let addr = Ipv4Addr::new(10, octet, x, i as u8);
             self.add_ns(&ns)?;
-            self.hosts.push(Host { ns: ns.clone(), veth: veth.clone(), addr });
+            self.hosts.push(Host { ns: ns.clone(), veth: veth.clone(), addr, hub: hub.clone() });
             ip(&[
                 "link", "add", &veth, "netns", &hub, "type", "veth", "peer", "name", "eth0",
                 "netns", &ns,
@@ -460,6 +643,13 @@ impl Lan {
         if let Some(hub) = &self.hub {
             out += &run(&["-n", hub, "-d", "link", "show"]);
         }
+        for hub in &self.hubs {
+            out += &run(&["-n", hub, "-d", "link", "show"]);
+        }
+        if let Some(router) = &self.router {
+            out += &run(&["-n", router, "addr", "show"]);
+            out += &run(&["-n", router, "route", "show"]);
+        }
         for h in &self.hosts {
             out += &run(&["-n", &h.ns, "-s", "link", "show", "eth0"]);
             out += &run(&["-n", &h.ns, "addr", "show", "eth0"]);
@@ -471,8 +661,8 @@ impl Lan {
 
     /// Takes host `i`'s cable out (or puts it back): its bridge port goes down.
     pub(crate) fn set_link(&self, host: usize, up: bool) -> Result<(), String> {
-        let hub = self.hub.as_deref().ok_or("no hub")?;
-        ip(&["-n", hub, "link", "set", &self.hosts[host].veth, if up { "up" } else { "down" }])
+        let h = &self.hosts[host];
+        ip(&["-n", &h.hub, "link", "set", &h.veth, if up { "up" } else { "down" }])
     }
 }
 

@@ -134,6 +134,10 @@ fn autonat_config() -> autonat::Config {
         timeout: Duration::from_secs(10),
         // Cells live on private networks: 10/8, 192.168/16 are the norm.
         only_global_ips: false,
+        // A cell on our own LAN can always dial us back, so asking it says
+        // nothing about NAT. The event loop adds as servers only the cells
+        // that mDNS has not found (they are beyond this LAN).
+        use_connected: false,
         ..Default::default()
     }
 }

@@ -193,6 +193,14 @@ pub struct EventLoop {
     relay_listeners: HashMap<PeerId, ListenerId>,
     relays_ok: std::collections::HashSet<PeerId>,
     relay_tried: HashMap<PeerId, Instant>,
+    /// Cells that see us at an address that is not one of ours: a NAT lies
+    /// between us, they are outside it: our relay candidates.
+    nat_peers: std::collections::HashSet<PeerId>,
+    /// Cells mDNS has found (on this LAN), and the connected cells beyond
+    /// it, which are our AutoNAT servers (a LAN neighbour can always dial
+    /// us back, so its answer says nothing about NAT).
+    mdns_peers: std::collections::HashSet<PeerId>,
+    autonat_servers: std::collections::HashSet<PeerId>,
     dirty: bool,
     soft_dirty: bool,
 }
@@ -342,6 +350,9 @@ impl EventLoop {
                 relay_listeners: HashMap::new(),
                 relays_ok: Default::default(),
                 relay_tried: HashMap::new(),
+                nat_peers: Default::default(),
+                mdns_peers: Default::default(),
+                autonat_servers: Default::default(),
                 dirty: true,
                 soft_dirty: false,
             },
@@ -984,6 +995,9 @@ impl EventLoop {
                     // A cell we were not connected to: the DHT may know more now.
                     self.kad_backoff = KAD_ROUND_MIN;
                     self.kad_next = self.kad_next.min(Instant::now() + KAD_ROUND_MIN);
+                    if !self.mdns_peers.contains(&peer_id) && self.autonat_servers.insert(peer_id) {
+                        self.swarm.behaviour_mut().autonat.add_server(peer_id, None);
+                    }
                 }
                 let addr = endpoint.is_dialer().then(|| strip_p2p(endpoint.get_remote_address()));
                 let t = self.mesh.connected(peer_id, addr.as_ref(), origin);
@@ -1027,6 +1041,10 @@ impl EventLoop {
                 }
                 self.conn_started.remove(&connection_id);
                 if num_established == 0 {
+                    self.nat_peers.remove(&peer_id);
+                    if self.autonat_servers.remove(&peer_id) {
+                        self.swarm.behaviour_mut().autonat.remove_server(&peer_id);
+                    }
                     self.last_pong.remove(&peer_id);
                     self.no_ping.remove(&peer_id);
                     self.exchanged.remove(&peer_id);
@@ -1093,6 +1111,10 @@ impl EventLoop {
                         continue;
                     }
                     tracing::debug!(%peer, ?addrs, "mDNS discovered");
+                    self.mdns_peers.insert(peer);
+                    if self.autonat_servers.remove(&peer) {
+                        self.swarm.behaviour_mut().autonat.remove_server(&peer);
+                    }
                     if self.mesh.discovered(peer, &addrs, FoundBy::Mdns) {
                         self.dirty = true;
                     }
@@ -1117,6 +1139,14 @@ impl EventLoop {
         let speaks = |name: &str| info.protocols.iter().any(|p| p.as_ref() == name);
         if speaks(relay::HOP_PROTOCOL_NAME.as_ref()) {
             self.hop_peers.insert(peer);
+        }
+        // Does it see us through a NAT? Our own listen addresses carry every
+        // interface IP we have.
+        let ours = |ip: std::net::IpAddr| self.listen_addrs.iter().any(|a| ip_of(a) == Some(ip));
+        if let Some(ip) = ip_of(&info.observed_addr) {
+            if !ip.is_loopback() && !ours(ip) && self.nat_peers.insert(peer) {
+                tracing::info!(%peer, observed = %info.observed_addr, "a cell sees us through a NAT");
+            }
         }
         if !speaks(KAD_PROTOCOL) {
             return;
@@ -1215,14 +1245,14 @@ impl EventLoop {
     }
 
     /// A private cell listens through up to [`WANTED_RELAYS`] relays: cells
-    /// that serve relay v2 and that we reached by a direct dial (so others
-    /// can reach them too).
+    /// that serve relay v2, that see us through a NAT (they are outside it)
+    /// and that we reached by a direct dial (so others can reach them too).
     fn ensure_relays(&mut self, now: Instant) {
         if self.relay_listeners.len() >= WANTED_RELAYS {
             return;
         }
         let mut candidates: Vec<(PeerId, Multiaddr)> = Vec::new();
-        for peer in &self.hop_peers {
+        for peer in self.hop_peers.intersection(&self.nat_peers) {
             if self.relay_listeners.contains_key(peer)
                 || self.relay_tried.get(peer).is_some_and(|t| now.duration_since(*t) < RELAY_RETRY)
             {
@@ -1565,6 +1595,14 @@ fn is_loopback(a: &Multiaddr) -> bool {
         Protocol::Ip4(ip) => ip.is_loopback(),
         Protocol::Ip6(ip) => ip.is_loopback(),
         _ => false,
+    })
+}
+
+fn ip_of(a: &Multiaddr) -> Option<std::net::IpAddr> {
+    a.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(ip.into()),
+        Protocol::Ip6(ip) => Some(ip.into()),
+        _ => None,
     })
 }
 

@@ -82,10 +82,30 @@ pub(crate) fn missing_prerequisites() -> Option<String> {
 /// means "skip" (after printing why), unless `AIOS_REQUIRE_NETNS=1`, in
 /// which case it panics. See [`Lan::new`] for `tag` and `octet`.
 pub(crate) fn lan_or_skip(test: &str, tag: &str, octet: u8, hosts: usize) -> Option<Lan> {
+    or_skip(test, None, || Lan::new(tag, octet, hosts))
+}
+
+/// [`Lan::routed`], or why it cannot be built (as [`lan_or_skip`]).
+pub(crate) fn routed_or_skip(
+    test: &str,
+    tag: &str,
+    octet: u8,
+    (hosts_a, hosts_b): (usize, usize),
+    nat: bool,
+) -> Option<Lan> {
+    let extra = (nat && nft_path().is_none()).then(|| "nftables' `nft` was not found".to_owned());
+    or_skip(test, extra, || Lan::routed(tag, octet, hosts_a, hosts_b, nat))
+}
+
+fn or_skip(
+    test: &str,
+    missing: Option<String>,
+    build: impl FnOnce() -> Result<Lan, String>,
+) -> Option<Lan> {
     let required = std::env::var(REQUIRE_VAR).is_ok_and(|v| v.trim() == "1");
-    let why = match missing_prerequisites() {
+    let why = match missing_prerequisites().or(missing) {
         Some(why) => why,
-        None => match Lan::new(tag, octet, hosts) {
+        None => match build() {
             Ok(lan) => return Some(lan),
             // Root without CAP_SYS_ADMIN (an unprivileged container) ends here.
             Err(e) => format!("cannot create network namespaces: {e}"),
@@ -93,10 +113,10 @@ pub(crate) fn lan_or_skip(test: &str, tag: &str, octet: u8, hosts: usize) -> Opt
     };
     assert!(
         !required,
-        "{test}: {REQUIRE_VAR}=1 but this test cannot run: {why} (it needs root and iproute2)"
+        "{test}: {REQUIRE_VAR}=1 but this test cannot run: {why} (it needs root, iproute2 and nftables)"
     );
     eprintln!(
-        "{test}: skipped: needs root and iproute2 ({why}); set {REQUIRE_VAR}=1 to fail instead"
+        "{test}: skipped: needs root, iproute2 and nftables ({why}); set {REQUIRE_VAR}=1 to fail instead"
     );
     None
 }
@@ -456,7 +476,7 @@ impl Lan {
                    chain post {{ type nat hook postrouting priority srcnat; policy accept;\n\
                      ip saddr {lan_b} oifname \"etha\" masquerade\n\
                    }}\n\
-                   chain fwd {{ type filter hook forward priority filter; policy accept;\n\
+                   chain forwarding {{ type filter hook forward priority filter; policy accept;\n\
                      ct state established,related accept\n\
                      iifname \"etha\" oifname \"ethb\" drop\n\
                    }}\n\

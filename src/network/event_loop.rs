@@ -1155,11 +1155,17 @@ impl EventLoop {
         // remote over loopback too (cells on one machine).
         let local_link =
             self.conns.get(&peer).is_some_and(|c| c.iter().any(|c| is_loopback(&c.addr)));
-        for addr in &info.listen_addrs {
-            if (is_loopback(addr) && !local_link) || is_unspecified(addr) {
-                continue;
-            }
-            self.swarm.behaviour_mut().kad.add_address(&peer, strip_p2p(addr));
+        let usable: Vec<Multiaddr> = info
+            .listen_addrs
+            .iter()
+            .filter(|a| (local_link || !is_loopback(a)) && !is_unspecified(a))
+            .map(strip_p2p)
+            .collect();
+        // TCP when the cell has it, as for every dial (a crash closes a TCP
+        // connection at once; QUIC waits for its idle timeout).
+        let tcp = usable.iter().any(is_tcp);
+        for addr in usable.into_iter().filter(|a| !tcp || is_tcp(a)) {
+            self.swarm.behaviour_mut().kad.add_address(&peer, addr);
         }
     }
 
@@ -1579,15 +1585,17 @@ fn dial_addrs(addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
     } else {
         addrs.into_iter().filter(|a| !is_loopback(a)).collect()
     };
-    let is_tcp = |a: &Multiaddr| {
-        a.iter().any(|p| matches!(p, Protocol::Tcp(_)))
-            && !a.iter().any(|p| matches!(p, Protocol::Ws(_) | Protocol::Wss(_)))
-    };
     if addrs.iter().any(is_tcp) {
         addrs.into_iter().filter(is_tcp).collect()
     } else {
         addrs
     }
+}
+
+/// A plain TCP address (also a relayed one, whose first hop is TCP).
+fn is_tcp(a: &Multiaddr) -> bool {
+    a.iter().any(|p| matches!(p, Protocol::Tcp(_)))
+        && !a.iter().any(|p| matches!(p, Protocol::Ws(_) | Protocol::Wss(_)))
 }
 
 fn is_loopback(a: &Multiaddr) -> bool {

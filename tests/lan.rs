@@ -414,3 +414,52 @@ fn a_killed_cell_restarts_as_itself_and_a_cloned_key_is_reported() {
         ms(cloned.elapsed())
     );
 }
+
+/// A link made over QUIC (here: a peer configured by its QUIC address, mDNS
+/// off) is replaced by TCP, so `kill -9` is noticed when the kernel closes
+/// the TCP socket, not after QUIC's 3 s idle timeout.
+#[test]
+fn a_quic_link_is_replaced_by_tcp_so_a_crash_is_noticed_at_once() {
+    let test = "lan-quic";
+    let Some(mut lan) = netns::lan_or_skip(test, "lq", OCTET, 2) else {
+        return;
+    };
+    let quic = format!("/ip4/{}/udp/8001/quic-v1", lan.addr(0));
+    let (home_a, home_b) = (cell_home(&lan, "qa"), cell_home(&lan, "qb"));
+    let off = std::ffi::OsStr::new("false");
+    let a = Cell {
+        name: "qa".into(),
+        host: 0,
+        peer_id: peer_id_for(&home_a.join("data")),
+        proc: spawn_cell(&mut lan, 0, "qa", &home_a, &[("AIOS_MDNS", off)]),
+    };
+    let b = Cell {
+        name: "qb".into(),
+        host: 1,
+        peer_id: peer_id_for(&home_b.join("data")),
+        proc: spawn_cell(
+            &mut lan,
+            1,
+            "qb",
+            &home_b,
+            &[("AIOS_MDNS", off), ("AIOS_NETWORK_PEERS", std::ffi::OsStr::new(&quic))],
+        ),
+    };
+    let cells = [a, b];
+    let both: Vec<&Cell> = cells.iter().collect();
+    wait_for(&mut lan, &both, "the pair to connect over QUIC", CONVERGE_WITHIN, |c, v| {
+        sees_all_alive(&cells, c, v)
+    });
+    // The TCP dial and the pruning of the QUIC twin (once both are 2 s old).
+    std::thread::sleep(Duration::from_secs(4));
+    let killed = Instant::now();
+    lan.signal(cells[0].proc, "KILL").expect("kill -9");
+    let a_id = cells[0].peer_id.clone();
+    let seen = wait_for(&mut lan, &both[1..], "the crash to be noticed", DETECT_WITHIN, |_, v| {
+        state_of(v, &a_id).as_deref() == Some("failed")
+    });
+    let took = seen - killed;
+    eprintln!("{test}: crash of a cell first linked over QUIC noticed in {} ms", ms(took));
+    // Over QUIC: the 3 s idle timeout (or the 3 s ping staleness).
+    assert!(took < Duration::from_millis(1500), "crash noticed after {} ms", ms(took));
+}

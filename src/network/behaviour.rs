@@ -51,12 +51,17 @@ pub const RELAY_CIRCUIT_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// Every protocol a cell speaks.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// First: the derived behaviour asks its fields in order whether to
+    /// accept a connection, and a field asked before a later one denies it
+    /// has already recorded it (request-response then keeps a phantom
+    /// connection, and debug builds panic when the peer disconnects:
+    /// rust-libp2p PR #6601).
+    pub limits: connection_limits::Behaviour,
     pub gossipsub: gossipsub::Behaviour,
     pub register: request_response::cbor::Behaviour<RegisterRequest, RegisterResponse>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
-    pub limits: connection_limits::Behaviour,
     /// Routed discovery beyond the LAN: the cells' own DHT.
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     /// Whether others can dial us (decides whether we need a relay).

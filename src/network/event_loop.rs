@@ -74,6 +74,8 @@ const HEARSAY_DIAL_AFTER: Duration = Duration::from_secs(3);
 /// relay that refused before trying it again.
 const WANTED_RELAYS: usize = 2;
 const RELAY_RETRY: Duration = Duration::from_secs(30);
+/// How often a cell linked only over QUIC is offered a TCP link.
+const TCP_UPGRADE_RETRY: Duration = Duration::from_secs(10);
 
 /// One connection to a peer.
 struct Conn {
@@ -82,6 +84,9 @@ struct Conn {
     dialer: bool,
     /// It runs through a circuit relay.
     relayed: bool,
+    /// It runs over QUIC (a crashed peer is noticed only after the idle
+    /// timeout, where TCP notices at once).
+    quic: bool,
     /// The remote address (for a dialer: the one we dialed).
     addr: Multiaddr,
 }
@@ -193,6 +198,8 @@ pub struct EventLoop {
     relay_listeners: HashMap<PeerId, ListenerId>,
     relays_ok: std::collections::HashSet<PeerId>,
     relay_tried: HashMap<PeerId, Instant>,
+    /// When we last dialed TCP to a cell linked only over QUIC.
+    tcp_tried: HashMap<PeerId, Instant>,
     /// Cells that see us at an address that is not one of ours: a NAT lies
     /// between us, they are outside it: our relay candidates.
     nat_peers: std::collections::HashSet<PeerId>,
@@ -350,6 +357,7 @@ impl EventLoop {
                 relay_listeners: HashMap::new(),
                 relays_ok: Default::default(),
                 relay_tried: HashMap::new(),
+                tcp_tried: HashMap::new(),
                 nat_peers: Default::default(),
                 mdns_peers: Default::default(),
                 autonat_servers: Default::default(),
@@ -829,6 +837,7 @@ impl EventLoop {
             }
         }
         self.fail_silent_peers(now);
+        self.prefer_tcp(now);
         if now >= self.kad_next && !self.conns.is_empty() {
             self.kad_round();
             self.kad_next = now + self.kad_backoff;
@@ -841,6 +850,40 @@ impl EventLoop {
         self.prune_duplicates();
         if self.soft_dirty {
             self.dirty = true;
+        }
+    }
+
+    /// A cell linked to us only over QUIC (a dial that took the QUIC address,
+    /// or one from the other side) gets a TCP dial too, when it has a TCP
+    /// address; the QUIC link is then pruned. The smaller peer id dials, at
+    /// most every [`TCP_UPGRADE_RETRY`].
+    fn prefer_tcp(&mut self, now: Instant) {
+        let quic_only: Vec<PeerId> = self
+            .conns
+            .iter()
+            .filter(|(p, c)| self.local_peer < **p && c.iter().all(|c| c.quic && !c.relayed))
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in quic_only {
+            if self.tcp_tried.get(&peer).is_some_and(|t| now.duration_since(*t) < TCP_UPGRADE_RETRY)
+            {
+                continue;
+            }
+            let tcp: Vec<Multiaddr> = dial_addrs(self.mesh.addrs_of(&peer))
+                .into_iter()
+                .filter(|a| is_tcp(a) && !a.iter().any(|p| p == Protocol::P2pCircuit))
+                .collect();
+            if tcp.is_empty() {
+                continue;
+            }
+            self.tcp_tried.insert(peer, now);
+            tracing::debug!(%peer, "linked over QUIC only; dialing TCP too");
+            let opts = DialOpts::peer_id(peer)
+                .addresses(tcp)
+                .condition(PeerCondition::NotDialing)
+                .allocate_new_port()
+                .build();
+            let _ = self.swarm.dial(opts);
         }
     }
 
@@ -890,17 +933,29 @@ impl EventLoop {
         };
         let mut close = Vec::new();
         for (peer, conns) in &self.conns {
-            if conns.len() < 2 || !conns.iter().all(|c| settled(&c.id)) {
+            if conns.len() < 2 {
                 continue;
             }
             // A relayed link is only a stand-in: once a direct one exists
             // (hole punching, or a dial from the other side), both cells
-            // close the circuit.
-            let direct: Vec<&Conn> = conns.iter().filter(|c| !c.relayed).collect();
-            if !direct.is_empty() {
+            // close the circuit. Likewise QUIC once there is TCP: a crash
+            // closes TCP at once. Both sides see the same links, so they
+            // agree; the better link must be settled (seen by both).
+            let tcp: Vec<&Conn> = conns.iter().filter(|c| !c.relayed && !c.quic).collect();
+            let direct: Vec<&Conn> = if tcp.is_empty() {
+                conns.iter().filter(|c| !c.relayed).collect()
+            } else {
+                if tcp.iter().any(|c| settled(&c.id)) {
+                    close.extend(conns.iter().filter(|c| c.quic).map(|c| c.id));
+                }
+                tcp
+            };
+            if direct.iter().any(|c| settled(&c.id)) {
                 close.extend(conns.iter().filter(|c| c.relayed).map(|c| c.id));
             }
-            if self.local_peer > *peer {
+            // Twins of the same kind (a simultaneous dial): the smaller peer
+            // id keeps one, once all are settled.
+            if self.local_peer > *peer || !conns.iter().all(|c| settled(&c.id)) {
                 continue;
             }
             let pool = if direct.is_empty() { conns.iter().collect() } else { direct };
@@ -984,6 +1039,7 @@ impl EventLoop {
                 self.dirty = true;
             }
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                tracing::debug!(peer = %peer_id, ?connection_id, addr = %endpoint.get_remote_address(), dialer = endpoint.is_dialer(), "connection established");
                 let pending = self.pending_dials.remove(&connection_id);
                 // Our own dials are in `pending_dials`; another dialer is a
                 // Kademlia query reaching a cell it was told about.
@@ -1006,6 +1062,7 @@ impl EventLoop {
                     id: connection_id,
                     dialer: endpoint.is_dialer(),
                     relayed: endpoint.is_relayed(),
+                    quic: is_quic(endpoint.get_remote_address()),
                     addr: endpoint.get_remote_address().clone(),
                 });
                 self.last_pong.entry(peer_id).or_insert_with(Instant::now);
@@ -1033,6 +1090,7 @@ impl EventLoop {
             SwarmEvent::ConnectionClosed {
                 peer_id, connection_id, num_established, cause, ..
             } => {
+                tracing::debug!(peer = %peer_id, ?connection_id, ?cause, "connection closed");
                 if let Some(c) = self.conns.get_mut(&peer_id) {
                     c.retain(|c| c.id != connection_id);
                     if c.is_empty() {
@@ -1042,6 +1100,7 @@ impl EventLoop {
                 self.conn_started.remove(&connection_id);
                 if num_established == 0 {
                     self.nat_peers.remove(&peer_id);
+                    self.tcp_tried.remove(&peer_id);
                     if self.autonat_servers.remove(&peer_id) {
                         self.swarm.behaviour_mut().autonat.remove_server(&peer_id);
                     }
@@ -1590,6 +1649,10 @@ fn dial_addrs(addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
     } else {
         addrs
     }
+}
+
+fn is_quic(a: &Multiaddr) -> bool {
+    a.iter().any(|p| matches!(p, Protocol::QuicV1 | Protocol::Quic))
 }
 
 /// A plain TCP address (also a relayed one, whose first hop is TCP).

@@ -365,6 +365,16 @@ impl MeshView {
             .map(|(p, row)| (*p, row.addrs.iter().cloned().collect()))
     }
 
+    /// Whether some alive cell is known only from records (never connected):
+    /// a cell beyond what mDNS and our connections found.
+    pub fn has_hearsay(&self) -> bool {
+        self.peers.values().any(|r| {
+            r.entry.state == PeerState::Alive
+                && !r.ever_connected
+                && r.entry.found_by == FoundBy::Gossip
+        })
+    }
+
     /// Peers marked failed and not connected: candidates to redial.
     pub fn failed(&self) -> impl Iterator<Item = PeerId> + '_ {
         self.peers

@@ -108,6 +108,10 @@ pub fn agent_version() -> String {
 fn kademlia(peer_id: libp2p::PeerId) -> kad::Behaviour<kad::store::MemoryStore> {
     let mut cfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
     cfg.set_query_timeout(Duration::from_secs(10))
+        // Provider records on the 6 cells closest to the key (not 20): each
+        // answer to a provider query lists every cell, so fewer copies
+        // keep a lookup cheap; a cell mesh is small and its cells stable.
+        .set_replication_factor(std::num::NonZeroUsize::new(6).expect("6 > 0"))
         .set_provider_record_ttl(Some(PROVIDER_TTL))
         .set_provider_publication_interval(Some(PROVIDER_REPUBLISH))
         // A provider answer lists every cell of a big mesh with its addresses.

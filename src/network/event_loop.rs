@@ -60,8 +60,10 @@ const RETRY_GIVE_UP: Duration = Duration::from_secs(600);
 /// Kademlia discovery rounds (who provides the mesh topic?): soon after any
 /// new connection, then backing off to `KAD_ROUND_MAX` while nothing changes.
 /// A cell that joins later runs its own rounds, and its records reach the
-/// rest by gossip, so a quiet mesh need not poll.
-const KAD_ROUND_MIN: Duration = Duration::from_secs(1);
+/// rest by gossip, so a quiet mesh need not poll. Rounds run only while the
+/// DHT can tell us something mDNS cannot (see `dht_useful`): a provider
+/// round costs every asked cell an answer listing every cell.
+const KAD_ROUND_MIN: Duration = Duration::from_secs(2);
 const KAD_ROUND_MAX: Duration = Duration::from_secs(600);
 /// While rounds are this frequent, each also re-announces this cell as a
 /// provider (the DHT has just changed); otherwise Kademlia republishes it.
@@ -208,6 +210,8 @@ pub struct EventLoop {
     /// us back, so its answer says nothing about NAT).
     mdns_peers: std::collections::HashSet<PeerId>,
     autonat_servers: std::collections::HashSet<PeerId>,
+    /// mDNS is enabled.
+    mdns_on: bool,
     dirty: bool,
     soft_dirty: bool,
 }
@@ -361,6 +365,7 @@ impl EventLoop {
                 nat_peers: Default::default(),
                 mdns_peers: Default::default(),
                 autonat_servers: Default::default(),
+                mdns_on: config.mdns,
                 dirty: true,
                 soft_dirty: false,
             },
@@ -686,9 +691,9 @@ impl EventLoop {
             return merge;
         }
         if merge == Merge::New && !direct && !self.swarm.is_connected(&peer) {
-            // A cell we had not heard of: let the DHT find it now.
+            // A cell we had not heard of: let the DHT find it soon.
             self.kad_backoff = KAD_ROUND_MIN;
-            self.kad_next = self.kad_next.min(Instant::now());
+            self.kad_next = self.kad_next.min(Instant::now() + KAD_ROUND_MIN);
         }
         self.dirty = true;
         if old_level != Some(record.level) {
@@ -838,7 +843,7 @@ impl EventLoop {
         }
         self.fail_silent_peers(now);
         self.prefer_tcp(now);
-        if now >= self.kad_next && !self.conns.is_empty() {
+        if now >= self.kad_next && self.dht_useful() {
             self.kad_round();
             self.kad_next = now + self.kad_backoff;
             self.kad_backoff = (self.kad_backoff * 2).min(KAD_ROUND_MAX);
@@ -1226,6 +1231,16 @@ impl EventLoop {
         for addr in usable.into_iter().filter(|a| !tcp || is_tcp(a)) {
             self.swarm.behaviour_mut().kad.add_address(&peer, addr);
         }
+    }
+
+    /// Whether a discovery round can find anything: we are connected, and
+    /// either mDNS is off, or a connected cell is not one mDNS found (it is
+    /// beyond this LAN), or a cell we heard of is still not connected.
+    fn dht_useful(&self) -> bool {
+        !self.conns.is_empty()
+            && (!self.mdns_on
+                || self.conns.keys().any(|p| !self.mdns_peers.contains(p))
+                || self.mesh.has_hearsay())
     }
 
     /// Asks the DHT who provides the mesh topic (every cell does), and

@@ -70,10 +70,11 @@ export class CellError extends Error {
 export class CellUnreachableError extends CellError {
   constructor(
     readonly endpoint: string,
-    readonly cause: string,
+    /** The socket-level reason, in words. */
+    readonly reason: string,
   ) {
     super(
-      `cannot reach the AIOS cell at ${endpoint} (${cause}). Is aios-cell running there? ` +
+      `cannot reach the AIOS cell at ${endpoint} (${reason}). Is aios-cell running there? ` +
         `Check the aios.cellEndpoint setting (the cell's HTTP API is on port 8000).`,
     );
   }
@@ -124,17 +125,34 @@ export function normalizeEndpoint(endpoint: string): string {
   return trimmed;
 }
 
+/** Socket errors in words; the hints cover the usual wrong-port mistakes. */
+const SOCKET_ERRORS: Record<string, string> = {
+  ECONNREFUSED: "connection refused: nothing listens on that port",
+  ENOTFOUND: "host name not found",
+  EAI_AGAIN: "host name lookup failed (no DNS answer)",
+  EHOSTUNREACH: "host unreachable",
+  ENETUNREACH: "network unreachable",
+  ETIMEDOUT: "connection timed out",
+  UND_ERR_CONNECT_TIMEOUT: "connection timed out",
+  // A cell's libp2p port (8001) accepts TCP and then drops an HTTP request.
+  ECONNRESET: "connection reset: is that the cell's libp2p port (8001) rather than its HTTP API (8000)?",
+  UND_ERR_SOCKET: "the connection closed before an answer",
+};
+
 /** Why a fetch failed, in words (Node puts the socket error in `cause`). */
 export function describeFetchError(e: unknown): string {
   if (e instanceof Error) {
-    if (e.name === "TimeoutError" || e.name === "AbortError") {
+    if (e.name === "TimeoutError") {
       return "no answer in time";
+    }
+    if (e.name === "AbortError") {
+      return "cancelled";
     }
     const cause = (e as { cause?: unknown }).cause;
     if (cause && typeof cause === "object") {
       const c = cause as { code?: string; message?: string };
       if (c.code) {
-        return c.code === "ECONNREFUSED" ? "connection refused" : c.code;
+        return SOCKET_ERRORS[c.code] ?? (c.message ? `${c.code}: ${c.message}` : c.code);
       }
       if (c.message) {
         return c.message;
@@ -143,6 +161,24 @@ export function describeFetchError(e: unknown): string {
     return e.message;
   }
   return String(e);
+}
+
+/**
+ * The `error` of the cell's JSON error body. Anything else means the endpoint
+ * is some other server (the metrics port answers 404 with an empty body), so
+ * the text says so.
+ */
+export function errorDetail(status: number, statusText: string, text: string): string {
+  try {
+    const json: unknown = JSON.parse(text);
+    if (json && typeof json === "object" && typeof (json as { error?: unknown }).error === "string") {
+      return (json as { error: string }).error;
+    }
+  } catch {
+    // not JSON: handled below
+  }
+  const body = text.trim().slice(0, 200);
+  return `${body || statusText || `status ${status}`} (not an aios-cell API answer: check that aios.cellEndpoint is the cell's HTTP API, port 8000 by default)`;
 }
 
 export class CellClient {
@@ -190,27 +226,28 @@ export class CellClient {
         signal: AbortSignal.timeout(this.timeoutMs),
       });
     } catch (e) {
-      throw new CellUnreachableError(this.endpoint, describeFetchError(e));
+      const why = describeFetchError(e);
+      throw new CellUnreachableError(this.endpoint, why === "no answer in time" ? `no answer within ${this.timeoutMs / 1000} s` : why);
     }
     const text = await resp.text().catch(() => "");
-    let json: unknown;
-    try {
-      json = text ? JSON.parse(text) : undefined;
-    } catch {
-      json = undefined;
-    }
     if (!resp.ok) {
-      const detail =
-        json && typeof json === "object" && typeof (json as { error?: unknown }).error === "string"
-          ? (json as { error: string }).error
-          : text.slice(0, 200) || resp.statusText;
+      const detail = errorDetail(resp.status, resp.statusText, text);
       if (resp.status === 401) {
         throw new CellAuthError(detail, Boolean(this.token));
       }
       throw new CellHttpError(resp.status, detail);
     }
-    if (json === undefined) {
-      throw new CellHttpError(resp.status, `not JSON: ${text.slice(0, 200)}`);
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      json = undefined;
+    }
+    if (json === undefined || json === null || typeof json !== "object") {
+      throw new CellHttpError(
+        resp.status,
+        `the answer to ${method} ${path} is not a JSON object (${JSON.stringify(text.slice(0, 80))}): is aios.cellEndpoint an aios-cell?`,
+      );
     }
     return json as T;
   }

@@ -2,7 +2,7 @@
 // body, and a connection that reconnects with backoff when the cell
 // restarts. No `vscode` import.
 
-import { PeerEntry, describeFetchError, normalizeEndpoint } from "./client";
+import { PeerEntry, describeFetchError, errorDetail, normalizeEndpoint } from "./client";
 
 /** This cell as the snapshot describes it. */
 export interface LocalState {
@@ -86,6 +86,13 @@ export interface EventStreamOptions {
   /** First reconnect delay, ms; doubles up to `maxBackoffMs`. */
   minBackoffMs?: number;
   maxBackoffMs?: number;
+  /**
+   * The cell writes a keep-alive comment every 15 s, so a stream silent for
+   * this long (default 45 s) is dead even though TCP did not say so (the
+   * laptop slept, a NAT dropped the flow, the cell's host vanished): it is
+   * closed and reopened.
+   */
+  idleTimeoutMs?: number;
   onEvent: (e: CellEvent) => void;
   onState?: (s: StreamState) => void;
 }
@@ -100,6 +107,7 @@ export class EventStream {
   readonly url: string;
   private readonly minBackoff: number;
   private readonly maxBackoff: number;
+  private readonly idleTimeout: number;
   private readonly opts: EventStreamOptions;
   private abort: AbortController | undefined;
   private stopped = false;
@@ -110,6 +118,7 @@ export class EventStream {
     this.url = normalizeEndpoint(endpoint) + "/events";
     this.minBackoff = opts.minBackoffMs ?? 500;
     this.maxBackoff = opts.maxBackoffMs ?? 15_000;
+    this.idleTimeout = opts.idleTimeoutMs ?? 45_000;
     this.opts = opts;
   }
 
@@ -139,19 +148,39 @@ export class EventStream {
       attempt += 1;
       this.opts.onState?.({ kind: "connecting", attempt });
       let error = "the cell closed the stream";
-      this.abort = new AbortController();
+      const abort = new AbortController();
+      this.abort = abort;
+      let idle: NodeJS.Timeout | undefined;
+      let idledOut = false;
+      const kick = () => {
+        clearTimeout(idle);
+        idle = setTimeout(() => {
+          idledOut = true;
+          abort.abort();
+        }, this.idleTimeout);
+      };
       try {
+        kick(); // also bounds the wait for the response headers
         const resp = await fetch(this.url, {
           headers: { accept: "text/event-stream" },
-          signal: this.abort.signal,
+          signal: abort.signal,
         });
-        if (!resp.ok || !resp.body) {
-          error = `the cell answered ${resp.status} to GET /events`;
+        const type = resp.headers.get("content-type") ?? "";
+        if (!resp.ok) {
+          const text = await resp.text().catch(() => "");
+          error =
+            resp.status === 404 && text.includes("no route")
+              ? "this cell has no GET /events (an older aios-cell): update it for live updates"
+              : `GET /events answered ${resp.status}: ${errorDetail(resp.status, resp.statusText, text)}`;
+        } else if (!type.startsWith("text/event-stream") || !resp.body) {
+          await resp.body?.cancel().catch(() => undefined);
+          error = `GET /events answered ${type || "no content type"}, not an event stream: is aios.cellEndpoint an aios-cell?`;
         } else {
           this.opts.onState?.({ kind: "open" });
           attempt = 0;
           backoff = this.minBackoff;
-          for await (const msg of parseSse(resp.body as unknown as AsyncIterable<Uint8Array>)) {
+          const body = resp.body as unknown as AsyncIterable<Uint8Array>;
+          for await (const msg of parseSse(watch(body, kick))) {
             const event = decodeEvent(msg);
             if (event) {
               this.opts.onEvent(event);
@@ -162,7 +191,9 @@ export class EventStream {
         if (this.stopped) {
           break;
         }
-        error = describeFetchError(e);
+        error = idledOut ? `no data from the cell for ${this.idleTimeout / 1000} s` : describeFetchError(e);
+      } finally {
+        clearTimeout(idle);
       }
       if (this.stopped) {
         break;
@@ -178,6 +209,14 @@ export class EventStream {
       this.wake = undefined;
       backoff = Math.min(backoff * 2, this.maxBackoff);
     }
+  }
+}
+
+/** Passes the chunks through, calling `seen` on each (the idle watchdog). */
+async function* watch(body: AsyncIterable<Uint8Array>, seen: () => void): AsyncGenerator<Uint8Array> {
+  for await (const chunk of body) {
+    seen();
+    yield chunk;
   }
 }
 

@@ -1,16 +1,19 @@
 // VS Code glue: commands, the status bar item, the "AIOS Cells" tree, the
 // API token in SecretStorage. The HTTP and SSE logic lives in client.ts and
-// events.ts (tested without VS Code).
+// events.ts, the state in model.ts (all tested without VS Code).
 
 import * as vscode from "vscode";
 
-import { CellAuthError, CellClient, CellError, CellUnreachableError } from "./client";
+import { CellAuthError, CellClient, CellError, normalizeEndpoint } from "./client";
 import { EventStream, StreamState } from "./events";
 import { CellRow, MeshModel, describeRow, formatLevel, parseLevel } from "./model";
 
 const TOKEN_KEY = "aios.apiToken";
-/** Round-trip times are not in the event stream: refresh /peers this often while connected. */
+const DEFAULT_ENDPOINT = "http://aios.local:8000";
+/** Round-trip times are not in the event stream: re-read /peers this often while the view is open. */
 const PEERS_REFRESH_MS = 10_000;
+/** Bursts of events (a cell joining sends several) make one /peers read. */
+const PEERS_DEBOUNCE_MS = 300;
 
 class CellsTree implements vscode.TreeDataProvider<CellRow> {
   private readonly changed = new vscode.EventEmitter<CellRow | undefined>();
@@ -23,21 +26,23 @@ class CellsTree implements vscode.TreeDataProvider<CellRow> {
   }
 
   getTreeItem(r: CellRow): vscode.TreeItem {
-    const item = new vscode.TreeItem(r.cellId ?? r.peerId.slice(0, 16) + "…");
+    const name = r.cellId ?? r.peerId.slice(0, 16) + "…";
+    const item = new vscode.TreeItem(r.self ? `${name} (this cell)` : name);
+    item.id = r.peerId;
     item.description = describeRow(r);
     item.tooltip = new vscode.MarkdownString(
       [
-        `**${r.cellId ?? "(no record yet)"}**`,
+        `**${r.cellId ?? "(no record yet)"}**${r.self ? " (this cell)" : ""}`,
         `peer id: \`${r.peerId}\``,
         `level: ${formatLevel(r.level)}`,
-        `state: ${r.state}${r.connected ? ", connected" : ""}${r.relayed ? " (through a relay)" : ""}`,
-        `round trip: ${r.rttMs === null ? "unknown" : r.rttMs.toFixed(2) + " ms"}`,
-        `found by: ${r.foundBy}`,
+        `state: ${r.state}${r.connected && !r.self ? ", connected" : ""}${r.relayed ? " (through a relay)" : ""}`,
+        ...(r.self ? [] : [`round trip: ${r.rttMs === null ? "unknown" : r.rttMs.toFixed(2) + " ms"}`, `found by: ${r.foundBy}`]),
       ].join("  \n"),
     );
     item.iconPath = new vscode.ThemeIcon(
-      r.state === "alive" ? "pass-filled" : r.state === "failed" ? "error" : "circle-slash",
+      r.self ? "home" : r.state === "alive" ? "pass-filled" : r.state === "failed" ? "error" : "circle-slash",
     );
+    item.contextValue = r.self ? "aiosSelf" : `aiosCell.${r.state}`;
     return item;
   }
 
@@ -46,21 +51,29 @@ class CellsTree implements vscode.TreeDataProvider<CellRow> {
   }
 }
 
+/** The live link to the configured cell: the event stream and what it feeds. */
 class Connection implements vscode.Disposable {
   private stream: EventStream | undefined;
   private peersTimer: NodeJS.Timeout | undefined;
   private refreshSoon: NodeJS.Timeout | undefined;
+  private state: StreamState | undefined;
   private lastError: string | undefined;
+  /** Set after a 401: the tooltip then says a token is needed. */
+  needsToken = false;
+  /** Restarts run one after another, so two quick setting changes never leave two streams. */
+  private restarting: Promise<void> = Promise.resolve();
 
   constructor(
     readonly model: MeshModel,
     private readonly context: vscode.ExtensionContext,
     private readonly status: vscode.StatusBarItem,
     private readonly tree: CellsTree,
+    private readonly view: vscode.TreeView<CellRow>,
+    private readonly log: vscode.OutputChannel,
   ) {}
 
   endpoint(): string {
-    return vscode.workspace.getConfiguration("aios").get<string>("cellEndpoint", "http://aios.local:8000");
+    return vscode.workspace.getConfiguration("aios").get<string>("cellEndpoint", DEFAULT_ENDPOINT);
   }
 
   async client(): Promise<CellClient> {
@@ -69,16 +82,26 @@ class Connection implements vscode.Disposable {
   }
 
   /** (Re)starts the live connection to the configured cell. */
-  async restart(): Promise<void> {
+  restart(): Promise<void> {
+    this.restarting = this.restarting.then(() => this.doRestart());
+    return this.restarting;
+  }
+
+  private async doRestart(): Promise<void> {
     await this.stopStream();
-    this.model.local = undefined;
-    this.model.refresh([]);
-    this.render();
+    this.model.clear();
+    this.needsToken = false;
+    this.state = undefined;
+    this.lastError = undefined;
+    const endpoint = this.endpoint();
     let stream: EventStream;
     try {
-      stream = new EventStream(this.endpoint(), {
+      stream = new EventStream(endpoint, {
         onEvent: (e) => {
           this.model.apply(e);
+          if (e.type === "snapshot") {
+            void this.readHealth();
+          }
           this.render();
           this.schedulePeersRefresh();
         },
@@ -86,12 +109,19 @@ class Connection implements vscode.Disposable {
       });
     } catch (e) {
       this.lastError = e instanceof Error ? e.message : String(e);
+      this.log.appendLine(`not connecting: ${this.lastError}`);
       this.render();
       return;
     }
+    this.log.appendLine(`connecting to ${endpoint}`);
     this.stream = stream;
     stream.start();
-    this.peersTimer = setInterval(() => void this.refreshPeers(), PEERS_REFRESH_MS);
+    this.peersTimer = setInterval(() => {
+      if (this.view.visible) {
+        void this.refreshPeers();
+      }
+    }, PEERS_REFRESH_MS);
+    this.render();
   }
 
   retryNow(): void {
@@ -99,13 +129,30 @@ class Connection implements vscode.Disposable {
   }
 
   private onState(s: StreamState): void {
+    const was = this.state?.kind;
+    this.state = s;
     if (s.kind === "open") {
       this.lastError = undefined;
+      this.log.appendLine(`connected to ${this.endpoint()}`);
     } else if (s.kind === "waiting") {
-      this.lastError = `${s.error}; retrying in ${Math.round(s.retryInMs / 100) / 10} s`;
-      this.model.local = undefined;
+      this.lastError = s.error;
+      // Keep nothing stale on screen: the snapshot after the reconnect fills it again.
+      this.model.clear();
+      if (was !== "waiting" || s.attempt <= 2) {
+        this.log.appendLine(`${this.endpoint()}: ${s.error}; retrying in ${formatSeconds(s.retryInMs)}`);
+      }
     }
     this.render();
+  }
+
+  /** `status` and `reason` are not in the snapshot. */
+  private async readHealth(): Promise<void> {
+    try {
+      this.model.applyHealth(await (await this.client()).health());
+      this.render();
+    } catch {
+      // The event stream reports an unreachable cell.
+    }
   }
 
   private schedulePeersRefresh(): void {
@@ -115,7 +162,7 @@ class Connection implements vscode.Disposable {
     this.refreshSoon = setTimeout(() => {
       this.refreshSoon = undefined;
       void this.refreshPeers();
-    }, 300);
+    }, PEERS_DEBOUNCE_MS);
   }
 
   async refreshPeers(): Promise<void> {
@@ -124,23 +171,47 @@ class Connection implements vscode.Disposable {
     }
     try {
       const peers = await (await this.client()).peers();
-      this.model.refresh(peers.peers);
-      this.render();
+      if (this.model.local && peers.peer_id === this.model.local.peer_id) {
+        this.model.refresh(peers.peers);
+        this.render();
+      }
     } catch {
       // The event stream reports an unreachable cell.
     }
   }
 
   render(): void {
-    if (this.model.local) {
-      this.status.text = this.model.statusText();
-      this.status.tooltip = `${this.endpoint()}: ${this.model.status}${this.model.reason ? ` (${this.model.reason})` : ""}. Click to sync.`;
+    const endpoint = this.endpoint();
+    const m = this.model;
+    if (m.local) {
+      this.status.text = `$(broadcast) ${m.statusText()}`;
+      const tip = new vscode.MarkdownString(
+        [
+          `**AIOS cell ${m.local.cell_id}** at ${endpoint}`,
+          `level ${formatLevel(m.local.consciousness_level)} · network level ${formatLevel(m.networkLevel())} · branch ${m.local.branch}`,
+          `${m.alive()} other cells alive · ${m.status}${m.reason ? `: ${m.reason}` : ""}`,
+          ...(this.needsToken ? ["This cell needs an API token for changes: run **AIOS: Set API Token**."] : []),
+          "Click to sync the level.",
+        ].join("  \n"),
+      );
+      this.status.tooltip = tip;
+      this.status.command = "aios.syncConsciousness";
       this.status.backgroundColor =
-        this.model.status === "degraded" ? new vscode.ThemeColor("statusBarItem.warningBackground") : undefined;
+        m.status === "degraded" ? new vscode.ThemeColor("statusBarItem.warningBackground") : undefined;
+      this.view.message = m.status === "degraded" && m.reason ? `Degraded: ${m.reason}` : undefined;
+    } else if (this.lastError) {
+      const retry = this.state?.kind === "waiting" ? `; retrying in ${formatSeconds(this.state.retryInMs)}` : "";
+      this.status.text = "$(debug-disconnect) AIOS: offline";
+      this.status.tooltip = `${endpoint}: ${this.lastError}${retry}. Click to connect.`;
+      this.status.command = "aios.connectToCell";
+      this.status.backgroundColor = new vscode.ThemeColor("statusBarItem.errorBackground");
+      this.view.message = `Cannot reach the cell at ${endpoint}: ${this.lastError}${retry}.`;
     } else {
-      this.status.text = this.lastError ? "$(debug-disconnect) AIOS: offline" : "$(sync~spin) AIOS: connecting…";
-      this.status.tooltip = this.lastError ? `${this.endpoint()}: ${this.lastError}` : this.endpoint();
+      this.status.text = "$(sync~spin) AIOS: connecting…";
+      this.status.tooltip = `Connecting to ${endpoint}`;
+      this.status.command = "aios.connectToCell";
       this.status.backgroundColor = undefined;
+      this.view.message = `Connecting to ${endpoint}…`;
     }
     this.tree.refresh();
   }
@@ -159,89 +230,145 @@ class Connection implements vscode.Disposable {
     await s?.stop();
   }
 
-  dispose(): void {
-    void this.stopStream();
+  dispose(): Promise<void> {
+    // Wait for a restart in flight, else it would open a stream after this.
+    return this.restarting.then(() => this.stopStream());
   }
 }
 
-function explain(action: string, e: unknown): string {
-  if (e instanceof CellAuthError || e instanceof CellUnreachableError || e instanceof CellError) {
-    return `${action}: ${e.message}`;
-  }
-  return `${action}: ${e instanceof Error ? e.message : String(e)}`;
+function formatSeconds(ms: number): string {
+  return `${Math.round(ms / 100) / 10} s`;
 }
 
-async function showError(action: string, e: unknown): Promise<void> {
+/** Shows a failed action; a 401 offers to set the token at once. */
+async function showError(action: string, e: unknown, conn: Connection): Promise<void> {
+  const text = `${action}: ${e instanceof Error ? e.message : String(e)}`;
   if (e instanceof CellAuthError) {
-    const pick = await vscode.window.showErrorMessage(explain(action, e), "Set API Token");
+    conn.needsToken = true;
+    conn.render();
+    const pick = await vscode.window.showErrorMessage(text, "Set API Token");
     if (pick) {
       await vscode.commands.executeCommand("aios.setApiToken");
     }
     return;
   }
-  void vscode.window.showErrorMessage(explain(action, e));
+  if (!(e instanceof CellError)) {
+    // A bug here rather than a cell's answer: keep the details.
+    console.error(e);
+  }
+  void vscode.window.showErrorMessage(text);
 }
 
 export function activate(context: vscode.ExtensionContext): void {
-  const status = vscode.window.createStatusBarItem(vscode.StatusBarAlignment.Left, 100);
-  status.command = "aios.syncConsciousness";
+  const status = vscode.window.createStatusBarItem("aios.status", vscode.StatusBarAlignment.Left, 100);
+  status.name = "AIOS Cell";
   status.show();
+  const log = vscode.window.createOutputChannel("AIOS");
   const model = new MeshModel();
   const tree = new CellsTree(model);
-  const conn = new Connection(model, context, status, tree);
-  context.subscriptions.push(status, conn, vscode.window.registerTreeDataProvider("aiosCells", tree));
+  const view = vscode.window.createTreeView("aiosCells", { treeDataProvider: tree, showCollapseAll: false });
+  const conn = new Connection(model, context, status, tree, view, log);
+  context.subscriptions.push(status, log, view, conn);
 
   context.subscriptions.push(
-    vscode.commands.registerCommand("aios.connectToCell", async () => {
+    // With an argument (another extension, a keybinding): connect to that
+    // endpoint. From the palette: ask, with the current one filled in.
+    vscode.commands.registerCommand("aios.connectToCell", async (arg?: unknown) => {
+      const current = conn.endpoint();
+      let endpoint = typeof arg === "string" ? arg : undefined;
+      if (endpoint === undefined) {
+        endpoint = await vscode.window.showInputBox({
+          title: "AIOS: Connect to Cell",
+          prompt: "The cell's HTTP API (aios-cell listens on port 8000)",
+          value: current,
+          ignoreFocusOut: true,
+          validateInput: (v) => {
+            try {
+              normalizeEndpoint(v);
+              return undefined;
+            } catch (e) {
+              return e instanceof Error ? e.message : String(e);
+            }
+          },
+        });
+        if (endpoint === undefined) {
+          return; // cancelled
+        }
+      }
+      let normalized: string;
+      try {
+        normalized = normalizeEndpoint(endpoint);
+      } catch (e) {
+        await showError("Failed to connect to AIOS Cell", e, conn);
+        return;
+      }
+      if (normalized !== normalizeEndpointOr(current)) {
+        // The settings watcher restarts the live connection.
+        await vscode.workspace.getConfiguration("aios").update("cellEndpoint", normalized, vscode.ConfigurationTarget.Global);
+      } else {
+        conn.retryNow();
+      }
       try {
         const h = await (await conn.client()).health();
         void vscode.window.showInformationMessage(
-          `Connected to AIOS Cell: ${h.cell_id} (level ${formatLevel(h.consciousness_level)}, ${h.peers_alive} cells alive, ${h.status})`,
+          `Connected to AIOS Cell: ${h.cell_id} (level ${formatLevel(h.consciousness_level)}, ` +
+            `${h.peers_alive} other cells alive, ${h.status}${h.reason ? `: ${h.reason}` : ""})`,
         );
-        conn.retryNow();
       } catch (e) {
-        await showError("Failed to connect to AIOS Cell", e);
+        await showError("Failed to connect to AIOS Cell", e, conn);
       }
     }),
-    vscode.commands.registerCommand("aios.syncConsciousness", async () => {
-      const current = conn.model.local?.consciousness_level;
-      const input = await vscode.window.showInputBox({
-        title: "AIOS: Sync Consciousness",
-        prompt: "New consciousness level, or leave empty to re-announce the current one",
-        value: current === undefined ? "" : String(current),
-        validateInput: (v) => {
-          if (v.trim() === "") {
-            return undefined;
+    // With a number argument: sync to that level without asking.
+    vscode.commands.registerCommand("aios.syncConsciousness", async (arg?: unknown) => {
+      let level: number | undefined;
+      if (typeof arg === "number") {
+        level = arg;
+      } else {
+        const current = conn.model.local?.consciousness_level;
+        const input = await vscode.window.showInputBox({
+          title: "AIOS: Sync Consciousness",
+          prompt: "New consciousness level (a number ≥ 0), or leave empty to re-announce the current one",
+          value: current === undefined ? "" : String(current),
+          validateInput: (v) => {
+            if (v.trim() === "") {
+              return undefined;
+            }
+            const p = parseLevel(v);
+            return "error" in p ? p.error : undefined;
+          },
+        });
+        if (input === undefined) {
+          return; // cancelled
+        }
+        if (input.trim() !== "") {
+          const parsed = parseLevel(input);
+          if ("error" in parsed) {
+            return; // the input box did not let it through
           }
-          const p = parseLevel(v);
-          return "error" in p ? p.error : undefined;
-        },
-      });
-      if (input === undefined) {
-        return; // cancelled
-      }
-      const parsed = input.trim() === "" ? undefined : parseLevel(input);
-      if (parsed && "error" in parsed) {
-        return;
+          level = parsed.level;
+        }
       }
       try {
-        const r = await (await conn.client()).sync(parsed?.level);
+        const r = await (await conn.client()).sync(level);
+        conn.needsToken = false;
         void vscode.window.showInformationMessage(
           `Consciousness synced: ${formatLevel(r.level)} (network ${formatLevel(r.network_level)}, sent to ${r.reached} cells)`,
         );
       } catch (e) {
-        await showError("Failed to sync consciousness", e);
+        await showError("Failed to sync consciousness", e, conn);
       }
     }),
     vscode.commands.registerCommand("aios.setApiToken", async () => {
       const token = await vscode.window.showInputBox({
-        title: "AIOS: API token",
-        prompt: "The cell's AIOS_API_TOKEN (kept in VS Code's secret storage)",
+        title: "AIOS: Set API Token",
+        prompt: "The cell's AIOS_API_TOKEN (kept in VS Code's secret storage, sent only on changes)",
         password: true,
         ignoreFocusOut: true,
       });
-      if (token) {
+      if (token && token.trim()) {
         await context.secrets.store(TOKEN_KEY, token.trim());
+        conn.needsToken = false;
+        conn.render();
         void vscode.window.showInformationMessage("AIOS API token saved.");
       }
     }),
@@ -249,14 +376,31 @@ export function activate(context: vscode.ExtensionContext): void {
       await context.secrets.delete(TOKEN_KEY);
       void vscode.window.showInformationMessage("AIOS API token removed.");
     }),
-    vscode.commands.registerCommand("aios.refreshCells", () => conn.refreshPeers()),
+    vscode.commands.registerCommand("aios.refreshCells", async () => {
+      conn.retryNow();
+      await conn.refreshPeers();
+    }),
+    vscode.commands.registerCommand("aios.showLog", () => log.show(true)),
     vscode.workspace.onDidChangeConfiguration((e) => {
       if (e.affectsConfiguration("aios.cellEndpoint")) {
         void conn.restart();
       }
     }),
+    view.onDidChangeVisibility((e) => {
+      if (e.visible) {
+        void conn.refreshPeers();
+      }
+    }),
   );
   void conn.restart();
+}
+
+function normalizeEndpointOr(endpoint: string): string {
+  try {
+    return normalizeEndpoint(endpoint);
+  } catch {
+    return endpoint;
+  }
 }
 
 export function deactivate(): void {

@@ -2,10 +2,12 @@
 // events (and refreshed from GET /peers for round-trip times). Pure: no
 // `vscode` import, unit-tested.
 
-import { PeerEntry, PeerState } from "./client";
+import { Health, PeerEntry, PeerState } from "./client";
 import { CellEvent, LocalState } from "./events";
 
 export interface CellRow {
+  /** This cell itself (first in the list), not a peer. */
+  self?: boolean;
   peerId: string;
   cellId: string | null;
   level: number | null;
@@ -58,16 +60,70 @@ export class MeshModel {
     }
   }
 
+  /**
+   * Takes the health fields the snapshot lacks (`status`, `reason`): a cell
+   * that is already degraded when we connect sends no `status` event until
+   * something changes.
+   */
+  applyHealth(h: Pick<Health, "status" | "reason" | "peer_id">): void {
+    if (this.local && this.local.peer_id !== h.peer_id) {
+      return; // an answer from before a restart with another identity
+    }
+    this.status = h.status;
+    this.reason = h.reason ?? null;
+  }
+
+  /** Forgets everything (another endpoint, or the cell went away). */
+  clear(): void {
+    this.local = undefined;
+    this.status = "healthy";
+    this.reason = null;
+    this.rows = new Map();
+  }
+
   /** Replaces the rows with a fresh `GET /peers` answer (RTTs, found_by). */
   refresh(peers: PeerEntry[]): void {
     this.rows = new Map(peers.map((p) => [p.peer_id, rowOf(p)]));
   }
 
+  /** This cell first, then alive, failed and left cells, each by name. */
   cells(): CellRow[] {
     const order: Record<PeerState, number> = { alive: 0, failed: 1, left: 2 };
-    return [...this.rows.values()].sort(
-      (a, b) => order[a.state] - order[b.state] || (a.cellId ?? a.peerId).localeCompare(b.cellId ?? b.peerId),
-    );
+    const peers = [...this.rows.values()]
+      .filter((r) => r.peerId !== this.local?.peer_id)
+      .sort((a, b) => order[a.state] - order[b.state] || (a.cellId ?? a.peerId).localeCompare(b.cellId ?? b.peerId));
+    if (!this.local) {
+      return peers;
+    }
+    const me: CellRow = {
+      self: true,
+      peerId: this.local.peer_id,
+      cellId: this.local.cell_id,
+      level: this.local.consciousness_level,
+      state: "alive",
+      connected: true,
+      rttMs: null,
+      foundBy: "this cell",
+      relayed: false,
+    };
+    return [me, ...peers];
+  }
+
+  /**
+   * The mean level over this cell and every alive cell whose level is known
+   * (the cell's own `network_level`).
+   */
+  networkLevel(): number | null {
+    if (!this.local) {
+      return null;
+    }
+    const levels = [this.local.consciousness_level];
+    for (const r of this.rows.values()) {
+      if (r.state === "alive" && r.level !== null && r.peerId !== this.local.peer_id) {
+        levels.push(r.level);
+      }
+    }
+    return levels.reduce((a, b) => a + b, 0) / levels.length;
   }
 
   alive(): number {
@@ -93,7 +149,7 @@ export class MeshModel {
         state: "alive",
         connected: false,
         rttMs: null,
-        foundBy: "gossip",
+        foundBy: "unknown", // until the next GET /peers says
         relayed: false,
       };
       this.rows.set(peerId, row);
@@ -127,6 +183,9 @@ export function formatLevel(level: number | null): string {
 
 /** One tree line's description: `level 0.8 · alive · 1.2 ms · mdns`. */
 export function describeRow(r: CellRow): string {
+  if (r.self) {
+    return `level ${formatLevel(r.level)} · this cell`;
+  }
   const rtt = r.rttMs === null ? "" : ` · ${r.rttMs < 10 ? r.rttMs.toFixed(1) : Math.round(r.rttMs)} ms`;
   const via = r.relayed ? `${r.foundBy}, relayed` : r.foundBy;
   return `level ${formatLevel(r.level)} · ${r.state}${rtt} · ${via}`;

@@ -10,6 +10,26 @@ import * as path from "node:path";
 /** The cell binary: $AIOS_CELL_BIN, else the repository's debug build. */
 export const CELL_BIN = process.env.AIOS_CELL_BIN ?? path.resolve(__dirname, "..", "..", "..", "target", "debug", "aios-cell");
 
+/**
+ * Every cell process still running. A test that fails or a runner that is
+ * interrupted must not leave cells behind: they are killed when this process
+ * exits, however it exits.
+ */
+const live = new Set<ChildProcess>();
+function killAll(): void {
+  for (const p of live) {
+    p.kill("SIGKILL");
+  }
+  live.clear();
+}
+process.once("exit", killAll);
+for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+  process.once(sig, () => {
+    killAll();
+    process.kill(process.pid, sig);
+  });
+}
+
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = createServer();
@@ -28,6 +48,8 @@ export interface CellOptions {
   dataDir?: string;
   peers?: string;
   token?: string;
+  /** The metrics port (default: any free one). */
+  metricsPort?: number;
 }
 
 export class TestCell {
@@ -47,11 +69,24 @@ export class TestCell {
     this.endpoint = `http://127.0.0.1:${httpPort}`;
   }
 
-  /** Starts a cell and waits until its /health answers (≤ 20 s). */
+  /**
+   * Starts a cell and waits until its /health answers (≤ 20 s). The free
+   * port is found by binding and closing it, so another process can take it
+   * in between: then it tries another one (3 tries).
+   */
   static async start(opts: CellOptions): Promise<TestCell> {
-    const cell = new TestCell(opts, opts.httpPort ?? (await freePort()));
-    await cell.spawn(opts);
-    return cell;
+    for (let attempt = 1; ; attempt++) {
+      const cell = new TestCell(opts, opts.httpPort ?? (await freePort()));
+      try {
+        await cell.spawn(opts);
+        return cell;
+      } catch (e) {
+        await cell.dispose();
+        if (opts.httpPort !== undefined || attempt >= 3 || !/address already in use|os error 98/i.test(String(e))) {
+          throw e;
+        }
+      }
+    }
   }
 
   private async spawn(opts: CellOptions): Promise<void> {
@@ -68,7 +103,7 @@ export class TestCell {
       AIOS_P2P_IP: "127.0.0.1",
       AIOS_P2P_PORT: "0",
       AIOS_HTTP_ADDR: `127.0.0.1:${this.httpPort}`,
-      AIOS_METRICS_ADDR: "127.0.0.1:0",
+      AIOS_METRICS_ADDR: `127.0.0.1:${opts.metricsPort ?? 0}`,
       AIOS_DATA_DIR: this.dataDir,
       // No config file of the machine's user.
       XDG_CONFIG_HOME: this.dataDir,
@@ -82,6 +117,16 @@ export class TestCell {
     }
     const proc = spawn(CELL_BIN, ["run"], { env, stdio: ["ignore", "pipe", "pipe"] });
     this.proc = proc;
+    live.add(proc);
+    proc.once("exit", () => live.delete(proc));
+    const spawned = new Promise<Error | undefined>((resolve) => {
+      proc.once("spawn", () => resolve(undefined));
+      proc.once("error", (e) => resolve(e));
+    });
+    const spawnError = await spawned;
+    if (spawnError) {
+      throw new Error(`cannot start ${CELL_BIN} (${spawnError.message}): build it with cargo build, or set AIOS_CELL_BIN`);
+    }
     const keep = (b: Buffer) => {
       this.log = (this.log + b.toString()).slice(-20_000);
     };

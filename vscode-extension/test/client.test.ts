@@ -2,6 +2,7 @@
 // repository's build (see cell.ts), with Node's test runner.
 
 import assert from "node:assert/strict";
+import { createServer } from "node:http";
 import { after, before, describe, test } from "node:test";
 
 import { CellAuthError, CellClient, CellHttpError, CellUnreachableError, CellError } from "../src/client";
@@ -125,8 +126,92 @@ test("an unreachable endpoint is a clear error", async () => {
   const port = await freePort(); // nothing listens there
   const err = await new CellClient(`http://127.0.0.1:${port}`, { timeoutMs: 3000 }).health().catch((e: unknown) => e);
   assert.ok(err instanceof CellUnreachableError, String(err));
-  assert.match(err.message, /cannot reach the AIOS cell at http:\/\/127\.0\.0\.1:\d+ \(connection refused\)/);
+  assert.match(err.message, /cannot reach the AIOS cell at http:\/\/127\.0\.0\.1:\d+ \(connection refused: nothing listens on that port\)/);
   assert.throws(() => new CellClient("aios.local:8000"), CellError);
+});
+
+test("the wrong port of a real cell is a clear error, for requests and the stream", async () => {
+  const metricsPort = await freePort();
+  const cell = await TestCell.start({ name: "ext-w", metricsPort });
+  const states: StreamState[] = [];
+  let stream: EventStream | undefined;
+  try {
+    // The metrics port answers 404 with an empty body: not the cell's API.
+    const metrics = `http://127.0.0.1:${metricsPort}`;
+    const err = await new CellClient(metrics).health().catch((e: unknown) => e);
+    assert.ok(err instanceof CellHttpError, String(err));
+    assert.equal(err.status, 404);
+    assert.match(err.message, /not an aios-cell API answer: check that aios\.cellEndpoint is the cell's HTTP API/);
+    stream = new EventStream(metrics, { minBackoffMs: 50, maxBackoffMs: 50, onEvent: () => undefined, onState: (s) => states.push(s) });
+    stream.start();
+    const waiting = await waitFor("the stream to give up on the metrics port", 5000, () => states.find((s) => s.kind === "waiting"));
+    assert.match(waiting.kind === "waiting" ? waiting.error : "", /^GET \/events answered 404: .*not an aios-cell API answer/);
+    assert.ok(!states.some((s) => s.kind === "open"));
+    // The libp2p port takes the connection and drops the HTTP request.
+    const p2p = (await cell.p2pAddr()).split("/")[4];
+    const err2 = await new CellClient(`http://127.0.0.1:${p2p}`, { timeoutMs: 5000 }).health().catch((e: unknown) => e);
+    assert.ok(err2 instanceof CellUnreachableError, String(err2));
+    assert.match(err2.reason, /libp2p port|closed before an answer/);
+  } finally {
+    await stream?.stop();
+    await cell.dispose();
+  }
+});
+
+test("a stream that goes silent is closed and reopened (idle watchdog)", async () => {
+  // A server that sends a snapshot and then nothing, not even keep-alives:
+  // what a cell on a host that vanished looks like through a kept-open socket.
+  let connections = 0;
+  const server = createServer((_req, res) => {
+    connections++;
+    res.writeHead(200, { "content-type": "text/event-stream" });
+    res.write(`event: snapshot\ndata: ${JSON.stringify({ type: "snapshot", local: { cell_id: "ghost", peer_id: "P", branch: "main", consciousness_level: 1, seq: 1, listen_addrs: [] }, peers: [] })}\n\n`);
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const port = (server.address() as { port: number }).port;
+  const states: StreamState[] = [];
+  let snapshots = 0;
+  const stream = new EventStream(`http://127.0.0.1:${port}`, {
+    minBackoffMs: 50,
+    idleTimeoutMs: 400,
+    onEvent: (e) => void (e.type === "snapshot" && snapshots++),
+    onState: (s) => states.push(s),
+  });
+  const started = Date.now();
+  stream.start();
+  try {
+    const waiting = await waitFor("the watchdog", 5000, () => states.find((s) => s.kind === "waiting"));
+    assert.equal(waiting.kind === "waiting" && waiting.error, "no data from the cell for 0.4 s");
+    assert.ok(Date.now() - started >= 350, "not before the idle time");
+    await waitFor("a second connection with a fresh snapshot", 5000, () => (connections >= 2 && snapshots >= 2 ? true : undefined));
+  } finally {
+    await stream.stop();
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  }
+});
+
+test("a server that is not a cell: no stream opens", async () => {
+  const server = createServer((_req, res) => {
+    res.writeHead(200, { "content-type": "text/html" });
+    res.end("<html>router admin</html>");
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const endpoint = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  const states: StreamState[] = [];
+  const stream = new EventStream(endpoint, { minBackoffMs: 50, onEvent: () => undefined, onState: (s) => states.push(s) });
+  stream.start();
+  try {
+    const waiting = await waitFor("the refusal", 5000, () => states.find((s) => s.kind === "waiting"));
+    assert.match(waiting.kind === "waiting" ? waiting.error : "", /answered text\/html, not an event stream/);
+    assert.ok(!states.some((s) => s.kind === "open"));
+    const err = await new CellClient(endpoint).health().catch((e: unknown) => e);
+    assert.ok(err instanceof CellHttpError, String(err));
+    assert.match(err.message, /not a JSON object .*is aios\.cellEndpoint an aios-cell/);
+  } finally {
+    await stream.stop();
+    await new Promise((r) => server.close(r));
+  }
 });
 
 test("a cell with a token: sync needs it, reads do not", async () => {

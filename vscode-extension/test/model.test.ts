@@ -70,13 +70,38 @@ test("the model follows a snapshot and events", () => {
   assert.equal(m.statusText(), "AIOS me 0.9 · 1 alive $(warning)");
   const rows = m.cells();
   assert.deepEqual(
-    rows.map((r) => [r.cellId, r.state]),
+    rows.map((r) => [r.cellId, r.state, Boolean(r.self)]),
     [
-      ["two", "alive"],
-      ["one", "failed"],
+      ["me", "alive", true],
+      ["two", "alive", false],
+      ["one", "failed", false],
     ],
   );
-  assert.equal(describeRow(rows[1]!), "level 1.0 · failed · 0.4 ms · mdns");
+  assert.equal(describeRow(rows[0]!), "level 0.9 · this cell");
+  assert.equal(describeRow(rows[2]!), "level 1.0 · failed · 0.4 ms · mdns");
+  // A cell first heard of by an event: how it was found is not known yet.
+  assert.equal(describeRow(rows[1]!), "level 3.0 · alive · unknown");
+  // Mean of this cell (0.9) and the alive one (3); the failed one is out.
+  assert.equal(m.networkLevel(), (0.9 + 3) / 2);
+});
+
+test("the model takes status from /health (not in the snapshot) and forgets on clear()", () => {
+  const m = new MeshModel();
+  assert.equal(m.networkLevel(), null);
+  m.apply({
+    type: "snapshot",
+    local: { cell_id: "me", peer_id: "P0", branch: "main", consciousness_level: 2, seq: 1, listen_addrs: [] },
+    peers: [],
+  });
+  m.applyHealth({ status: "degraded", reason: "another cell is using this cell's identity", peer_id: "OTHER" });
+  assert.equal(m.status, "healthy", "an answer from another identity is ignored");
+  m.applyHealth({ status: "degraded", reason: "another cell is using this cell's identity", peer_id: "P0" });
+  assert.equal(m.statusText(), "AIOS me 2.0 · 0 alive $(warning)");
+  assert.equal(m.networkLevel(), 2);
+  m.clear();
+  assert.equal(m.statusText(), "AIOS: connecting…");
+  assert.deepEqual(m.cells(), []);
+  assert.equal(m.status, "healthy");
 });
 
 test("level input", () => {

@@ -112,7 +112,8 @@ pub struct Tuning {
     pub ping_interval_ms: u64,
     /// …and count the peer failed when one ping takes longer than this.
     pub ping_timeout_ms: u64,
-    /// mDNS asks the LAN this often (libp2p's default is 5 minutes).
+    /// mDNS asks the LAN this often (libp2p's default, 5 minutes: each
+    /// query makes every cell answer, N² datagrams a round across the LAN).
     pub mdns_query_interval_secs: u64,
     /// How long an HTTP action waits for the swarm before answering 504.
     pub command_timeout_ms: u64,
@@ -128,7 +129,7 @@ impl Default for Tuning {
             heartbeat_secs: 30,
             ping_interval_ms: 1000,
             ping_timeout_ms: 2000,
-            mdns_query_interval_secs: 30,
+            mdns_query_interval_secs: 300,
             command_timeout_ms: 5000,
             rate_limit_per_second: 10,
             rate_limit_burst: 20,

@@ -124,6 +124,15 @@ struct Row {
     ever_connected: bool,
 }
 
+impl Row {
+    /// Alive, known only from other cells' records, never connected.
+    fn is_hearsay(&self) -> bool {
+        self.entry.state == PeerState::Alive
+            && !self.ever_connected
+            && self.entry.found_by == FoundBy::Gossip
+    }
+}
+
 /// An address without its `/p2p/<peer id>` suffix (mDNS adds one).
 fn strip_p2p(addr: &Multiaddr) -> Multiaddr {
     addr.iter().filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_))).collect()
@@ -247,12 +256,16 @@ impl MeshView {
         Self::set_state(row, peer, PeerState::Failed)
     }
 
-    /// A ping answered.
-    pub fn rtt(&mut self, peer: PeerId, rtt: Duration) {
-        if let Some(row) = self.peers.get_mut(&peer) {
-            row.entry.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
-            row.entry.last_seen_ms = now_ms();
+    /// A ping answered. A connected cell counted failed for its silence
+    /// is alive again (unless it left).
+    pub fn rtt(&mut self, peer: PeerId, rtt: Duration) -> Option<Transition> {
+        let row = self.peers.get_mut(&peer)?;
+        row.entry.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+        row.entry.last_seen_ms = now_ms();
+        if row.entry.connected && row.entry.state == PeerState::Failed {
+            return Self::set_state(row, peer, PeerState::Alive);
         }
+        None
     }
 
     /// Identify told us the peer's agent and listen addresses.
@@ -346,33 +359,33 @@ impl MeshView {
 
     /// Peers believed alive but not connected: candidates to dial.
     /// Cells known only from records (`FoundBy::Gossip`, never connected)
-    /// are left out until `hearsay_after` has passed, giving
-    /// routed discovery (Kademlia) the first try.
-    pub fn unconnected_alive(
-        &self,
+    /// are left out until `hearsay_after` has passed, giving routed
+    /// discovery (Kademlia) the first try, unless `near` says one of their
+    /// addresses is on a network of ours (a neighbour mDNS missed: no DHT
+    /// can do better than a dial).
+    pub fn unconnected_alive<'a>(
+        &'a self,
         hearsay_after: std::time::Duration,
-    ) -> impl Iterator<Item = (PeerId, Vec<Multiaddr>)> + '_ {
+        near: impl Fn(&Multiaddr) -> bool + 'a,
+    ) -> impl Iterator<Item = (PeerId, Vec<Multiaddr>)> + 'a {
         self.peers
             .iter()
             .filter(move |(_, row)| {
                 row.entry.state == PeerState::Alive
                     && !row.entry.connected
                     && !row.addrs.is_empty()
-                    && (row.ever_connected
-                        || row.entry.found_by != FoundBy::Gossip
-                        || row.created.elapsed() >= hearsay_after)
+                    && (!row.is_hearsay()
+                        || row.created.elapsed() >= hearsay_after
+                        || row.addrs.iter().any(&near))
             })
             .map(|(p, row)| (*p, row.addrs.iter().cloned().collect()))
     }
 
-    /// Whether some alive cell is known only from records (never connected):
-    /// a cell beyond what mDNS and our connections found.
-    pub fn has_hearsay(&self) -> bool {
-        self.peers.values().any(|r| {
-            r.entry.state == PeerState::Alive
-                && !r.ever_connected
-                && r.entry.found_by == FoundBy::Gossip
-        })
+    /// Whether some alive cell is known only from records (never connected)
+    /// and has no address that `near` accepts: a cell beyond what mDNS and
+    /// our connections found, which the DHT may find.
+    pub fn has_hearsay(&self, near: impl Fn(&Multiaddr) -> bool) -> bool {
+        self.peers.values().any(|r| r.is_hearsay() && !r.addrs.iter().any(&near))
     }
 
     /// Peers marked failed and not connected: candidates to redial.
@@ -537,6 +550,50 @@ mod tests {
             agent: String::new(),
             leaving: false,
         }
+    }
+
+    #[test]
+    fn a_cell_heard_of_is_dialed_at_once_only_on_our_networks() {
+        let mut m = MeshView::default();
+        let p = PeerId::random();
+        m.merge(p, &rec(1, 0.5), FoundBy::Gossip, false);
+        let wait = Duration::from_secs(3);
+        let lan = |a: &Multiaddr| a.to_string().starts_with("/ip4/10.0.0.");
+        let far = |_: &Multiaddr| false;
+        // Beyond our networks: the DHT gets the first try.
+        assert_eq!(m.unconnected_alive(wait, far).count(), 0);
+        assert!(m.has_hearsay(far));
+        // On our LAN (mDNS missed it): dial now, no DHT round for it.
+        let now: Vec<_> = m.unconnected_alive(wait, lan).collect();
+        assert_eq!(now, vec![(p, vec!["/ip4/10.0.0.2/tcp/8001".parse().unwrap()])]);
+        assert!(!m.has_hearsay(lan));
+        // Once connected it is no longer hearsay.
+        m.connected(p, None, FoundBy::Gossip);
+        assert!(!m.has_hearsay(far));
+    }
+
+    #[test]
+    fn a_silent_connected_cell_is_alive_again_when_it_answers() {
+        let mut m = MeshView::default();
+        let p = PeerId::random();
+        m.connected(p, None, FoundBy::Mdns);
+        let failed = m.unreachable(p).unwrap();
+        assert_eq!((failed.from, failed.to), (Some(PeerState::Alive), PeerState::Failed));
+        let back = m.rtt(p, Duration::from_millis(3)).unwrap();
+        assert_eq!((back.from, back.to), (Some(PeerState::Failed), PeerState::Alive));
+        assert_eq!(m.rtt(p, Duration::from_millis(3)), None, "already alive");
+        // Not once the connection is gone, and never a cell that left.
+        m.disconnected(p);
+        assert_eq!(m.rtt(p, Duration::from_millis(3)), None);
+        assert_eq!(m.get(&p).unwrap().state, PeerState::Failed);
+        let q = PeerId::random();
+        m.connected(q, None, FoundBy::Mdns);
+        let mut bye = rec(2, 0.5);
+        bye.leaving = true;
+        m.merge(q, &bye, FoundBy::Gossip, true);
+        assert_eq!(m.get(&q).unwrap().state, PeerState::Left);
+        assert_eq!(m.rtt(q, Duration::from_millis(3)), None);
+        assert_eq!(m.get(&q).unwrap().state, PeerState::Left);
     }
 
     #[test]

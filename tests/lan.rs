@@ -463,3 +463,54 @@ fn a_quic_link_is_replaced_by_tcp_so_a_crash_is_noticed_at_once() {
     // Over QUIC: the 3 s idle timeout (or the 3 s ping staleness).
     assert!(took < Duration::from_millis(1500), "crash noticed after {} ms", ms(took));
 }
+
+/// A cell that stops answering for a few seconds (its host busy, a laptop
+/// lid closed and opened, here SIGSTOP) is failed within the ping bound like
+/// a pulled cable, and alive again as soon as it answers: on the connection
+/// it had, with no new handshake (a busy moment must not become a storm of
+/// redials when many cells share a slow host).
+#[test]
+fn a_paused_cell_is_failed_then_alive_again_on_the_same_connection() {
+    let test = "lan-pause";
+    let Some(mut lan) = netns::lan_or_skip(test, "ps", OCTET, 3) else {
+        return;
+    };
+    let (cells, _, _) = start_cells(&mut lan, 3);
+    let everyone: Vec<&Cell> = cells.iter().collect();
+    let _ =
+        wait_for(&mut lan, &everyone, "the three cells to converge", CONVERGE_WITHIN, |c, v| {
+            sees_all_alive(&cells, c, v)
+        });
+    let (c1, c2, c3) = (&cells[0], &cells[1], &cells[2]);
+    // Connections to cell3 that cell1 and cell2 have opened or accepted so far
+    // (the cells log each at debug level, which the tests turn on).
+    let links_to_c3 = |lan: &netns::Lan, c: &Cell| {
+        lan.log(c.proc)
+            .lines()
+            .filter(|l| l.contains("connection established") && l.contains(&c3.peer_id))
+            .count()
+    };
+    let before = [links_to_c3(&lan, c1), links_to_c3(&lan, c2)];
+
+    let paused = Instant::now();
+    lan.signal(c3.proc, "STOP").expect("pause cell3");
+    let failed = wait_for(&mut lan, &[c1, c2], "cell3 marked failed", CUT_WITHIN, |_, v| {
+        state_of(v, &c3.peer_id).as_deref() == Some("failed")
+    });
+    let resumed = Instant::now();
+    lan.signal(c3.proc, "CONT").expect("resume cell3");
+    let back = wait_for(&mut lan, &everyone, "all three alive again", REJOIN_WITHIN, |c, v| {
+        sees_all_alive(&cells, c, v)
+    });
+    let after = [links_to_c3(&lan, c1), links_to_c3(&lan, c2)];
+    assert_eq!(
+        before, after,
+        "cell1 and cell2 opened new connections to cell3 (before, after): it should have been \
+         alive again on the connection it had"
+    );
+    eprintln!(
+        "{test}: TIMINGS pause_detection={}ms alive_again={}ms",
+        ms(failed - paused),
+        ms(back - resumed)
+    );
+}

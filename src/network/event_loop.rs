@@ -55,6 +55,15 @@ const CONFIG_RETRY_MAX: Duration = Duration::from_secs(30);
 /// can leave the other side with no connection for a moment (a false
 /// "failed").
 const PRUNE_AFTER: Duration = Duration::from_secs(2);
+/// How long a cell waits for a cell with a smaller peer id that found it
+/// too to dial, before it dials itself (see `may_dial`). Longer than a
+/// handshake takes on a busy host (~2 s when 50 cells start on 2 cores); a
+/// cell that missed the mDNS answer learns of the other from the records of
+/// the first cell it connects to, and dials then.
+const DIAL_YIELD: Duration = Duration::from_secs(3);
+/// How long a cell failed for not answering pings keeps its connections
+/// (a slow cell answers again without a new handshake).
+const SILENT_CLOSE_AFTER: Duration = Duration::from_secs(10);
 /// A failed cell is redialed for this long, then forgotten until it shows up.
 const RETRY_GIVE_UP: Duration = Duration::from_secs(600);
 /// Kademlia discovery rounds (who provides the mesh topic?): soon after any
@@ -206,10 +215,17 @@ pub struct EventLoop {
     /// between us, they are outside it: our relay candidates.
     nat_peers: std::collections::HashSet<PeerId>,
     /// Cells mDNS has found (on this LAN), and the connected cells beyond
-    /// it, which are our AutoNAT servers (a LAN neighbour can always dial
-    /// us back, so its answer says nothing about NAT).
+    /// it (not found by mDNS, no listen address on a network of ours),
+    /// which are our AutoNAT servers (a LAN neighbour can always dial us
+    /// back, so its answer says nothing about NAT) and the reason to run
+    /// Kademlia rounds.
     mdns_peers: std::collections::HashSet<PeerId>,
     autonat_servers: std::collections::HashSet<PeerId>,
+    /// The networks of this host's interfaces (from `if-watch`, kept current).
+    local_nets: Vec<if_watch::IpNet>,
+    /// Cells with a smaller peer id that we found (mDNS, records) and leave
+    /// to dial us until then: one connection per pair, not two.
+    yield_until: HashMap<PeerId, Instant>,
     /// mDNS is enabled.
     mdns_on: bool,
     dirty: bool,
@@ -365,6 +381,8 @@ impl EventLoop {
                 nat_peers: Default::default(),
                 mdns_peers: Default::default(),
                 autonat_servers: Default::default(),
+                local_nets: Vec::new(),
+                yield_until: HashMap::new(),
                 mdns_on: config.mdns,
                 dirty: true,
                 soft_dirty: false,
@@ -383,9 +401,17 @@ impl EventLoop {
         for (peer, addrs) in std::mem::take(&mut self.rejoin) {
             self.dial_peer(peer, addrs, FoundBy::Rejoin);
         }
+        let mut interfaces = match if_watch::tokio::IfWatcher::new() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch network interfaces: every cell not found by mDNS counts as beyond the LAN");
+                None
+            }
+        };
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                Some(change) = next_interface_change(&mut interfaces) => self.on_interface(change),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(cmd) = self.commands.recv() => self.on_command(cmd),
                 _ = tick.tick() => self.on_tick(),
@@ -767,6 +793,18 @@ impl EventLoop {
 
     // ---- dialing --------------------------------------------------------
 
+    /// Two cells usually find each other at the same moment (one mDNS
+    /// answer heard by both, or each other's records): the one with the
+    /// smaller peer id dials, the other waits [`DIAL_YIELD`] for it. Half the
+    /// handshakes, no duplicate to prune; when 50 cells start together that
+    /// is what keeps the host's CPU from saturating.
+    fn may_dial(&mut self, peer: PeerId, now: Instant) -> bool {
+        if self.local_peer < peer {
+            return true;
+        }
+        now >= *self.yield_until.entry(peer).or_insert(now + DIAL_YIELD)
+    }
+
     fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, origin: FoundBy) {
         if peer == self.local_peer || self.swarm.is_connected(&peer) || addrs.is_empty() {
             return;
@@ -789,8 +827,13 @@ impl EventLoop {
         let now = Instant::now();
         // Cells we believe alive (from mDNS or another cell's records) but are
         // not connected to: dial them.
-        let candidates: Vec<_> = self.mesh.unconnected_alive(HEARSAY_DIAL_AFTER).collect();
+        let nets = &self.local_nets;
+        let candidates: Vec<_> =
+            self.mesh.unconnected_alive(HEARSAY_DIAL_AFTER, |a| near(nets, a)).collect();
         for (peer, addrs) in candidates {
+            if !self.may_dial(peer, now) {
+                continue;
+            }
             let origin = self.mesh.get(&peer).map(|e| e.found_by).unwrap_or(FoundBy::Gossip);
             self.dial_peer(peer, addrs, origin);
         }
@@ -894,21 +937,32 @@ impl EventLoop {
 
     /// Fails and disconnects connected peers that answered no ping for
     /// `stale_after` (a host that vanished without closing its sockets).
+    /// Cells that have not answered a ping for `stale_after` are failed at
+    /// once, but their connections stay open for [`SILENT_CLOSE_AFTER`]: a
+    /// cell that was only slow (a busy host, a burst of handshakes when
+    /// many cells start together) answers the next ping and is alive again
+    /// without a new handshake, so a slow moment does not become a storm of
+    /// redials. A cell still silent then is disconnected and redialed with
+    /// backoff.
     fn fail_silent_peers(&mut self, now: Instant) {
-        let silent: Vec<PeerId> = self
+        let silent: Vec<(PeerId, Duration)> = self
             .last_pong
             .iter()
-            .filter(|(p, at)| {
-                now.duration_since(**at) > self.stale_after && !self.no_ping.contains(p)
-            })
-            .map(|(p, _)| *p)
+            .map(|(p, at)| (*p, now.duration_since(*at)))
+            .filter(|(p, quiet)| *quiet > self.stale_after && !self.no_ping.contains(p))
             .collect();
-        for peer in silent {
-            tracing::debug!(%peer, after = ?self.stale_after, "no ping answer; failing the cell");
-            self.last_pong.remove(&peer);
+        for (peer, quiet) in silent {
+            if quiet > SILENT_CLOSE_AFTER {
+                tracing::debug!(%peer, ?quiet, "still no ping answer; closing its connections");
+                self.last_pong.remove(&peer);
+                let _ = self.swarm.disconnect_peer_id(peer);
+                continue;
+            }
             let t = self.mesh.unreachable(peer);
+            if t.is_some() {
+                tracing::debug!(%peer, after = ?self.stale_after, "no ping answer; failing the cell");
+            }
             self.transition(t);
-            let _ = self.swarm.disconnect_peer_id(peer);
         }
     }
 
@@ -1056,9 +1110,6 @@ impl EventLoop {
                     // A cell we were not connected to: the DHT may know more now.
                     self.kad_backoff = KAD_ROUND_MIN;
                     self.kad_next = self.kad_next.min(Instant::now() + KAD_ROUND_MIN);
-                    if !self.mdns_peers.contains(&peer_id) && self.autonat_servers.insert(peer_id) {
-                        self.swarm.behaviour_mut().autonat.add_server(peer_id, None);
-                    }
                 }
                 let addr = endpoint.is_dialer().then(|| strip_p2p(endpoint.get_remote_address()));
                 let t = self.mesh.connected(peer_id, addr.as_ref(), origin);
@@ -1070,7 +1121,9 @@ impl EventLoop {
                     quic: is_quic(endpoint.get_remote_address()),
                     addr: endpoint.get_remote_address().clone(),
                 });
-                self.last_pong.entry(peer_id).or_insert_with(Instant::now);
+                // A new connection proves the cell is there.
+                self.last_pong.insert(peer_id, Instant::now());
+                self.yield_until.remove(&peer_id);
                 self.dirty = true;
                 let mut reply = None;
                 if let Some(p) = pending {
@@ -1184,7 +1237,9 @@ impl EventLoop {
                     }
                     // Rediscovery of a failed cell: try it now.
                     self.retry.remove(&peer);
-                    self.dial_peer(peer, addrs, FoundBy::Mdns);
+                    if self.may_dial(peer, Instant::now()) {
+                        self.dial_peer(peer, addrs, FoundBy::Mdns);
+                    }
                 }
             }
             mdns::Event::Expired(list) => {
@@ -1212,6 +1267,16 @@ impl EventLoop {
                 tracing::info!(%peer, observed = %info.observed_addr, "a cell sees us through a NAT");
             }
         }
+        // A cell beyond this LAN: an AutoNAT server, and a reason for
+        // Kademlia rounds. Neighbours mDNS missed (a burst of answers at
+        // start can overflow socket buffers) are recognised by their
+        // addresses.
+        let beyond = !self.mdns_peers.contains(&peer)
+            && !info.listen_addrs.iter().any(|a| near(&self.local_nets, a));
+        if beyond && self.swarm.is_connected(&peer) && self.autonat_servers.insert(peer) {
+            tracing::debug!(%peer, "a cell beyond this LAN: AutoNAT server");
+            self.swarm.behaviour_mut().autonat.add_server(peer, None);
+        }
         if !speaks(KAD_PROTOCOL) {
             return;
         }
@@ -1234,13 +1299,32 @@ impl EventLoop {
     }
 
     /// Whether a discovery round can find anything: we are connected, and
-    /// either mDNS is off, or a connected cell is not one mDNS found (it is
-    /// beyond this LAN), or a cell we heard of is still not connected.
+    /// either mDNS is off, or a connected cell is beyond this LAN, or a cell
+    /// we heard of, at no address on our networks, is still not connected.
+    /// On one LAN, mDNS and the record exchange find everyone, and a round
+    /// would cost every cell ~100 KB.
     fn dht_useful(&self) -> bool {
+        let nets = &self.local_nets;
         !self.conns.is_empty()
             && (!self.mdns_on
-                || self.conns.keys().any(|p| !self.mdns_peers.contains(p))
-                || self.mesh.has_hearsay())
+                || !self.autonat_servers.is_empty()
+                || self.mesh.has_hearsay(|a| near(nets, a)))
+    }
+
+    fn on_interface(&mut self, change: std::io::Result<if_watch::IfEvent>) {
+        match change {
+            Ok(if_watch::IfEvent::Up(net)) => {
+                tracing::debug!(%net, "interface address up");
+                if !self.local_nets.contains(&net) {
+                    self.local_nets.push(net);
+                }
+            }
+            Ok(if_watch::IfEvent::Down(net)) => {
+                tracing::debug!(%net, "interface address down");
+                self.local_nets.retain(|n| *n != net);
+            }
+            Err(e) => tracing::debug!(error = %e, "interface watch"),
+        }
     }
 
     /// Asks the DHT who provides the mesh topic (every cell does), and
@@ -1388,7 +1472,11 @@ impl EventLoop {
     fn on_ping(&mut self, e: ping::Event) {
         match e.result {
             Ok(rtt) => {
-                self.mesh.rtt(e.peer, rtt);
+                let t = self.mesh.rtt(e.peer, rtt);
+                if t.is_some() {
+                    tracing::debug!(peer = %e.peer, ?rtt, "a silent cell answers again");
+                }
+                self.transition(t);
                 if self.swarm.is_connected(&e.peer) {
                     self.last_pong.insert(e.peer, Instant::now());
                 }
@@ -1399,11 +1487,11 @@ impl EventLoop {
             }
             Err(failure) => {
                 // A silent host: TCP would not notice for minutes. Count the
-                // peer failed now and drop the connection.
-                tracing::debug!(peer = %e.peer, %failure, "ping failed; closing its connections");
+                // peer failed now; its connections close only if it stays
+                // silent (see `fail_silent_peers`).
+                tracing::debug!(peer = %e.peer, %failure, "ping failed; failing the cell");
                 let t = self.mesh.unreachable(e.peer);
                 self.transition(t);
-                let _ = self.swarm.disconnect_peer_id(e.peer);
             }
         }
     }
@@ -1646,6 +1734,31 @@ impl EventLoop {
 /// (which identify and records report) would reach ourselves, so it is
 /// dropped when the peer has any other. TCP is preferred: a crashed peer's
 /// TCP connection closes at once, while QUIC waits for its idle timeout.
+/// The next interface change, or never without a watcher.
+async fn next_interface_change(
+    w: &mut Option<if_watch::tokio::IfWatcher>,
+) -> Option<std::io::Result<if_watch::IfEvent>> {
+    match w {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether `addr` is on one of `nets` (a neighbour on our LAN). Loopback
+/// does not count: cells on one machine are not found by mDNS either.
+/// Nor does IPv6 link-local: every interface has fe80::/64.
+fn near(nets: &[if_watch::IpNet], addr: &Multiaddr) -> bool {
+    let link_local = |ip: &std::net::IpAddr| match ip {
+        std::net::IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+        std::net::IpAddr::V4(_) => false,
+    };
+    ip_of(addr).is_some_and(|ip| {
+        !ip.is_loopback()
+            && !link_local(&ip)
+            && nets.iter().any(|n| n.contains(&ip) && !n.addr().is_loopback())
+    })
+}
+
 fn dial_addrs(addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
     let is_loopback = |a: &Multiaddr| {
         a.iter().any(|p| match p {

@@ -405,6 +405,10 @@ impl MeshView {
         self.peers.get(peer).map(|r| &r.entry)
     }
 
+    pub fn state_of(&self, peer: &PeerId) -> Option<PeerState> {
+        self.peers.get(peer).map(|r| r.entry.state)
+    }
+
     pub fn is_connected(&self, peer: &PeerId) -> bool {
         self.peers.get(peer).is_some_and(|r| r.entry.connected)
     }

@@ -55,12 +55,24 @@ const CONFIG_RETRY_MAX: Duration = Duration::from_secs(30);
 /// can leave the other side with no connection for a moment (a false
 /// "failed").
 const PRUNE_AFTER: Duration = Duration::from_secs(2);
+/// Swarm events are folded into one snapshot (what `/health`, `/peers` and
+/// the metrics read) at most this long after the first: building one costs
+/// O(cells), and when 50 cells start together each sees thousands of events.
+/// Changes that make a mesh event (`GET /events`: joined, failed, left, a
+/// level) are published at once.
+const SNAPSHOT_COALESCE: Duration = Duration::from_millis(20);
 /// How long a cell waits for a cell with a smaller peer id that found it
 /// too to dial, before it dials itself (see `may_dial`). Longer than a
 /// handshake takes on a busy host (~2 s when 50 cells start on 2 cores); a
 /// cell that missed the mDNS answer learns of the other from the records of
 /// the first cell it connects to, and dials then.
 const DIAL_YIELD: Duration = Duration::from_secs(3);
+/// A tick this much later than due means this cell's loop is starved.
+const LATE_TICK: Duration = Duration::from_millis(250);
+/// The most the silence bound is stretched: (1 + 4) × 3 s.
+const MAX_LOCAL_STRAIN: u32 = 4;
+/// Local health recovers one step per this long without strain.
+const STRAIN_EASE: Duration = Duration::from_secs(2);
 /// How long a cell failed for not answering pings keeps its connections
 /// (a slow cell answers again without a new handshake).
 const SILENT_CLOSE_AFTER: Duration = Duration::from_secs(10);
@@ -192,6 +204,15 @@ pub struct EventLoop {
     /// Peers that do not speak ping; they are not held to `stale_after`.
     no_ping: std::collections::HashSet<PeerId>,
     stale_after: Duration,
+    /// Local health (Lifeguard's idea, as in Serf's memberlist): 0 when
+    /// this cell keeps time, up to [`MAX_LOCAL_STRAIN`] when its own loop
+    /// runs late or many cells fall silent at once. Silence is judged
+    /// against `stale_after × (1 + strain)`: a starved cell, or one on a
+    /// saturated host, does not call its neighbours dead for its own delay.
+    strain: u32,
+    /// When `strain` last rose or eased.
+    strain_at: Instant,
+    last_tick: Instant,
     /// A pre-shared key is set: failed handshakes are most likely a key
     /// mismatch, and are explained once per remote address.
     private: bool,
@@ -221,6 +242,10 @@ pub struct EventLoop {
     /// Kademlia rounds.
     mdns_peers: std::collections::HashSet<PeerId>,
     autonat_servers: std::collections::HashSet<PeerId>,
+    /// When the pending snapshot is published (see [`SNAPSHOT_COALESCE`]).
+    snapshot_due: Option<tokio::time::Instant>,
+    /// A mesh event went out: publish the snapshot now, not coalesced.
+    urgent: bool,
     /// The networks of this host's interfaces (from `if-watch`, kept current).
     local_nets: Vec<if_watch::IpNet>,
     /// Cells with a smaller peer id that we found (mDNS, records) and leave
@@ -367,6 +392,9 @@ impl EventLoop {
                 last_pong: HashMap::new(),
                 no_ping: Default::default(),
                 stale_after: config.tuning.ping_interval() + config.tuning.ping_timeout(),
+                strain: 0,
+                strain_at: now,
+                last_tick: now,
                 private: config.swarm_key.is_some(),
                 handshake_warned: Default::default(),
                 last_exchange: None,
@@ -382,6 +410,8 @@ impl EventLoop {
                 mdns_peers: Default::default(),
                 autonat_servers: Default::default(),
                 local_nets: Vec::new(),
+                snapshot_due: None,
+                urgent: false,
                 yield_until: HashMap::new(),
                 mdns_on: config.mdns,
                 dirty: true,
@@ -409,19 +439,32 @@ impl EventLoop {
             }
         };
         loop {
+            let due = self.snapshot_due;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(change) = next_interface_change(&mut interfaces) => self.on_interface(change),
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                Some(cmd) = self.commands.recv() => self.on_command(cmd),
+                Some(cmd) = self.commands.recv() => {
+                    self.on_command(cmd);
+                    // What a caller changed is visible at once.
+                    if self.dirty {
+                        self.publish_snapshot();
+                    }
+                }
+                _ = sleep_until(due) => self.publish_snapshot(),
                 _ = tick.tick() => self.on_tick(),
                 _ = heartbeat.tick() => {
                     self.publish_own("heartbeat");
                     self.exchange_with_next();
                 }
             }
-            if self.dirty {
+            // Swarm events come in bursts (a cell joining brings its
+            // connection, identify, subscriptions, records): one snapshot
+            // for the burst, not one per event.
+            if self.dirty && self.urgent {
                 self.publish_snapshot();
+            } else if self.dirty && self.snapshot_due.is_none() {
+                self.snapshot_due = Some(tokio::time::Instant::now() + SNAPSHOT_COALESCE);
             }
         }
         self.leave().await;
@@ -617,6 +660,7 @@ impl EventLoop {
     }
 
     fn publish_snapshot(&mut self) {
+        self.snapshot_due = None;
         self.dirty = false;
         self.soft_dirty = false;
         let snap = Snapshot {
@@ -658,6 +702,8 @@ impl EventLoop {
             peers,
         }));
         self.snapshot_tx.send_replace(Arc::new(snap));
+        // (The status event above is in this snapshot already.)
+        self.urgent = false;
     }
 
     fn log_transition(&self, t: &Transition) {
@@ -671,9 +717,11 @@ impl EventLoop {
     }
 
     /// Sends a mesh event to `/events` subscribers; never waits.
-    fn emit(&self, event: MeshEvent) {
+    fn emit(&mut self, event: MeshEvent) {
         // An error only means nobody is subscribed.
         let _ = self.events.send(event);
+        // What `/events` says, `/peers` says too, at once.
+        self.urgent = true;
     }
 
     fn transition(&mut self, t: Option<Transition>) {
@@ -825,6 +873,18 @@ impl EventLoop {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        // Our own loop ran late: the host is busy, so replies are too.
+        let late = now.duration_since(self.last_tick).saturating_sub(TICK);
+        self.last_tick = now;
+        if late > LATE_TICK {
+            self.strain = (self.strain + 1).min(MAX_LOCAL_STRAIN);
+            self.strain_at = now;
+            tracing::debug!(
+                ?late,
+                strain = self.strain,
+                "this cell runs late: waiting longer for pings"
+            );
+        }
         // Cells we believe alive (from mDNS or another cell's records) but are
         // not connected to: dial them.
         let nets = &self.local_nets;
@@ -945,12 +1005,33 @@ impl EventLoop {
     /// redials. A cell still silent then is disconnected and redialed with
     /// backoff.
     fn fail_silent_peers(&mut self, now: Instant) {
+        let bound = self.stale_after * (1 + self.strain);
         let silent: Vec<(PeerId, Duration)> = self
             .last_pong
             .iter()
             .map(|(p, at)| (*p, now.duration_since(*at)))
-            .filter(|(p, quiet)| *quiet > self.stale_after && !self.no_ping.contains(p))
+            .filter(|(p, quiet)| *quiet > bound && !self.no_ping.contains(p))
             .collect();
+        // Many cells silent at once (a quarter, and at least 3) is more
+        // likely this cell's trouble, or the whole LAN's, than that many
+        // crashes: wait longer before judging, as when our loop runs late.
+        let newly = silent.iter().filter(|(p, _)| self.mesh.state_of(p) == Some(PeerState::Alive));
+        let newly = newly.count();
+        if newly >= 3 && newly * 4 >= self.last_pong.len() && self.strain < MAX_LOCAL_STRAIN {
+            self.strain += 1;
+            self.strain_at = now;
+            tracing::debug!(
+                newly,
+                strain = self.strain,
+                "many cells silent at once: waiting longer"
+            );
+            return;
+        }
+        if silent.is_empty() && self.strain > 0 && now.duration_since(self.strain_at) > STRAIN_EASE
+        {
+            self.strain -= 1;
+            self.strain_at = now;
+        }
         for (peer, quiet) in silent {
             if quiet > SILENT_CLOSE_AFTER {
                 tracing::debug!(%peer, ?quiet, "still no ping answer; closing its connections");
@@ -1486,12 +1567,10 @@ impl EventLoop {
                 self.no_ping.insert(e.peer);
             }
             Err(failure) => {
-                // A silent host: TCP would not notice for minutes. Count the
-                // peer failed now; its connections close only if it stays
-                // silent (see `fail_silent_peers`).
-                tracing::debug!(peer = %e.peer, %failure, "ping failed; failing the cell");
-                let t = self.mesh.unreachable(e.peer);
-                self.transition(t);
+                // A silent host: TCP would not notice for minutes. No pong
+                // means no fresh `last_pong`: `fail_silent_peers` judges it,
+                // with this cell's local health taken into account.
+                tracing::debug!(peer = %e.peer, %failure, "ping failed");
             }
         }
     }
@@ -1734,6 +1813,14 @@ impl EventLoop {
 /// (which identify and records report) would reach ourselves, so it is
 /// dropped when the peer has any other. TCP is preferred: a crashed peer's
 /// TCP connection closes at once, while QUIC waits for its idle timeout.
+/// Sleeps until `due`, or forever without one.
+async fn sleep_until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The next interface change, or never without a watcher.
 async fn next_interface_change(
     w: &mut Option<if_watch::tokio::IfWatcher>,

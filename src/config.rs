@@ -108,10 +108,16 @@ impl std::fmt::Display for PeerAddr {
 pub struct Tuning {
     /// A cell republishes its record this often even when nothing changed.
     pub heartbeat_secs: u64,
-    /// Ping every connection this often…
+    /// Ping every connection this often, for its round-trip time (`rtt_ms`).
+    /// Liveness does not depend on it: probes do that.
     pub ping_interval_ms: u64,
-    /// …and count the peer failed when one ping takes longer than this.
+    /// How long a ping may take before libp2p reports it failed.
     pub ping_timeout_ms: u64,
+    /// Probe the next cell in the ring (peer-id order) this often…
+    pub probe_interval_ms: u64,
+    /// …and suspect it when the echo takes longer than this; every cell then
+    /// checks it with a probe of the same timeout, and fails it if silent.
+    pub probe_timeout_ms: u64,
     /// mDNS asks the LAN this often (libp2p's default, 5 minutes: each
     /// query makes every cell answer, N² datagrams a round across the LAN).
     pub mdns_query_interval_secs: u64,
@@ -127,8 +133,10 @@ impl Default for Tuning {
     fn default() -> Self {
         Self {
             heartbeat_secs: 30,
-            ping_interval_ms: 1000,
-            ping_timeout_ms: 2000,
+            ping_interval_ms: 60_000,
+            ping_timeout_ms: 20_000,
+            probe_interval_ms: 1000,
+            probe_timeout_ms: 400,
             mdns_query_interval_secs: 300,
             command_timeout_ms: 5000,
             rate_limit_per_second: 10,
@@ -146,6 +154,12 @@ impl Tuning {
     }
     pub fn ping_timeout(&self) -> Duration {
         Duration::from_millis(self.ping_timeout_ms.max(100))
+    }
+    pub fn probe_interval(&self) -> Duration {
+        Duration::from_millis(self.probe_interval_ms.max(100))
+    }
+    pub fn probe_timeout(&self) -> Duration {
+        Duration::from_millis(self.probe_timeout_ms.max(20))
     }
     pub fn mdns_query_interval(&self) -> Duration {
         Duration::from_secs(self.mdns_query_interval_secs.max(1))

@@ -445,3 +445,61 @@ async fn a_cell_that_knows_one_cell_finds_the_rest_through_kademlia() {
     assert!(["unknown", "public", "private"].contains(&h["reachability"].as_str().unwrap()), "{h}");
     assert!(h["relays"].is_array(), "{h}");
 }
+
+/// The liveness probe protocol as another implementation sees it: a plain
+/// libp2p node (TCP, Noise, Yamux, no cell protocols) opens
+/// `/aios/probe/1.0.0` on a cell and gets each 8-byte nonce echoed back on
+/// the same stream; and the cell, whose own probes that node cannot answer,
+/// does not call it failed for that.
+#[tokio::test]
+async fn a_plain_libp2p_node_can_probe_a_cell_and_is_not_failed_for_not_probing_back() {
+    use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+    use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
+
+    let a = start("probe-target", vec![]).await;
+    let port = p2p_port(&a).await;
+    let cell: PeerId = a.cell.handle().snapshot().local.peer_id.parse().unwrap();
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    let me = swarm.local_peer_id().to_base58();
+    let mut control = swarm.behaviour().new_control();
+    let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{cell}").parse().unwrap();
+    swarm.dial(addr).unwrap();
+    let driver = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+
+    let mut stream =
+        control.open_stream(cell, StreamProtocol::new("/aios/probe/1.0.0")).await.unwrap();
+    for _ in 0..3 {
+        let nonce: [u8; 8] = rand::random();
+        stream.write_all(&nonce).await.unwrap();
+        stream.flush().await.unwrap();
+        let mut echo = [0u8; 8];
+        tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut echo))
+            .await
+            .expect("the cell echoes a probe within 2 s")
+            .unwrap();
+        assert_eq!(echo, nonce, "the echo is the nonce that was sent");
+    }
+
+    // The node is the cell's only peer, so the cell's ring probes go to it
+    // and find no probe protocol: it stays alive while connected.
+    wait_for(&a, "the plain node listed as connected", Duration::from_secs(5), |v| {
+        peer(v, &me).is_some_and(|p| p["connected"] == true)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let peers = get(&format!("{}/peers", a.api)).await;
+    assert_eq!(state_of(&peers, &me).as_deref(), Some("alive"), "/peers: {peers:#}");
+    driver.abort();
+    a.cell.shutdown().await;
+}

@@ -40,7 +40,7 @@ pub const MAX_PENDING_OUTGOING: u32 = 128;
 pub const PROVIDER_TTL: Duration = Duration::from_secs(30 * 60);
 pub const PROVIDER_REPUBLISH: Duration = Duration::from_secs(10 * 60);
 /// Relay limits for the circuits a reachable cell serves to cells behind
-/// NAT. A cell link carries ~100 B/s of pings and records, so no byte cap;
+/// NAT. A cell link carries a probe a second at most, and records, so no byte cap;
 /// a circuit lasts a day, then the cells reconnect (hole punching usually
 /// replaces it with a direct link long before).
 pub const RELAY_MAX_RESERVATIONS: usize = 128;
@@ -72,6 +72,8 @@ pub struct Behaviour {
     pub relay_client: relay::client::Behaviour,
     /// Hole punching: upgrades relayed links to direct ones.
     pub dcutr: dcutr::Behaviour,
+    /// Plain streams for the liveness probes (`/aios/probe/1.0.0`).
+    pub stream: libp2p_stream::Behaviour,
 }
 
 /// Peer scoring that punishes invalid records and nothing else. The
@@ -239,6 +241,7 @@ fn behaviour(
         relay: relay::Behaviour::new(peer_id, relay_config()),
         relay_client,
         dcutr: dcutr::Behaviour::new(peer_id),
+        stream: libp2p_stream::Behaviour::new(),
     })
 }
 

@@ -23,11 +23,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::behaviour::{agent_version, Behaviour, BehaviourEvent};
 use super::handle::{resolve, Command, CommandError, Handle, RegisterOutcome, SyncOutcome};
+use super::probe::{self, Outcome, ProbeRequest, ProbeResult, Purpose};
 use super::protocol::{
     CellRecord, KnownCell, RegisterRequest, RegisterResponse, RequestKind, KAD_PROTOCOL,
     MAX_KNOWN_RECORDS, MESH_KEY, TOPIC,
 };
 use super::NetworkError;
+use libp2p_stream::Control;
+
 use crate::config::{Config, PeerAddr, DEFAULT_HTTP_PORT};
 use crate::mesh::{
     now_ms, FoundBy, LocalState, Merge, MeshEvent, MeshView, PeerState, Snapshot, Transition,
@@ -41,6 +44,8 @@ pub const EVENT_BUFFER: usize = 256;
 /// Commands waiting for the loop. HTTP handlers fail fast with 503 when it
 /// is full rather than queue without bound.
 pub(crate) const COMMAND_CHANNEL: usize = 256;
+/// Probe requests and results waiting between the loop and the prober.
+const PROBE_CHANNEL: usize = 1024;
 /// How often the loop reconciles: redials, prunes duplicate connections,
 /// publishes RTT changes.
 const TICK: Duration = Duration::from_millis(500);
@@ -73,7 +78,7 @@ const LATE_TICK: Duration = Duration::from_millis(250);
 const MAX_LOCAL_STRAIN: u32 = 4;
 /// Local health recovers one step per this long without strain.
 const STRAIN_EASE: Duration = Duration::from_secs(2);
-/// How long a cell failed for not answering pings keeps its connections
+/// How long a cell failed for not answering probes keeps its connections
 /// (a slow cell answers again without a new handshake).
 const SILENT_CLOSE_AFTER: Duration = Duration::from_secs(10);
 /// A failed cell is redialed for this long, then forgotten until it shows up.
@@ -196,18 +201,30 @@ pub struct EventLoop {
     retry: HashMap<PeerId, Retry>,
     configured: Vec<Configured>,
     heartbeat: Duration,
-    /// When each connected peer last answered a ping. libp2p's ping reports
-    /// only the second failure in a row, and the retry waits for a stream
-    /// negotiation timeout (10 s): a silent host would take ~14 s to notice.
-    /// A peer silent for longer than `stale_after` is failed on the tick.
-    last_pong: HashMap<PeerId, Instant>,
-    /// Peers that do not speak ping; they are not held to `stale_after`.
-    no_ping: std::collections::HashSet<PeerId>,
-    stale_after: Duration,
+    /// Liveness probes (see `probe.rs`): requests to the prober task and
+    /// its results; the tasks' ends until `run` spawns them.
+    probe_tx: mpsc::Sender<ProbeRequest>,
+    probe_rx: mpsc::Receiver<ProbeResult>,
+    prober_parts: Option<(mpsc::Receiver<ProbeRequest>, mpsc::Sender<ProbeResult>, Control)>,
+    probe_interval: Duration,
+    probe_timeout: Duration,
+    /// The ring successor probed last (logged when it changes).
+    watching: Option<PeerId>,
+    /// Connected cells failed for their silence, and since when: probed
+    /// every interval until they answer (alive again) or
+    /// [`SILENT_CLOSE_AFTER`] passes (then disconnected and redialed).
+    silent_since: HashMap<PeerId, Instant>,
+    /// Cells whose probes went unanswered lately (local-health check).
+    recent_silent: Vec<(PeerId, Instant)>,
+    /// Peers that do not speak the probe protocol (another implementation):
+    /// left out of the ring, and failed when a ping fails instead.
+    no_probe: std::collections::HashSet<PeerId>,
+    /// `suspect` notices in flight (their answers carry nothing we need).
+    pending_suspect: std::collections::HashSet<OutboundRequestId>,
     /// Local health (Lifeguard's idea, as in Serf's memberlist): 0 when
     /// this cell keeps time, up to [`MAX_LOCAL_STRAIN`] when its own loop
-    /// runs late or many cells fall silent at once. Silence is judged
-    /// against `stale_after × (1 + strain)`: a starved cell, or one on a
+    /// runs late or many cells fall silent at once. Probes wait
+    /// `probe_timeout × (1 + strain)`: a starved cell, or one on a
     /// saturated host, does not call its neighbours dead for its own delay.
     strain: u32,
     /// When `strain` last rose or eased.
@@ -359,6 +376,9 @@ impl EventLoop {
             })
             .collect();
         let topic_hash = topic.hash();
+        let control = swarm.behaviour().stream.new_control();
+        let (probe_tx, probe_requests) = mpsc::channel(PROBE_CHANNEL);
+        let (probe_results, probe_rx) = mpsc::channel(PROBE_CHANNEL);
         Ok((
             EventLoop {
                 swarm,
@@ -389,9 +409,16 @@ impl EventLoop {
                 retry: HashMap::new(),
                 configured,
                 heartbeat: config.tuning.heartbeat(),
-                last_pong: HashMap::new(),
-                no_ping: Default::default(),
-                stale_after: config.tuning.ping_interval() + config.tuning.ping_timeout(),
+                probe_tx,
+                probe_rx,
+                prober_parts: Some((probe_requests, probe_results, control)),
+                probe_interval: config.tuning.probe_interval(),
+                probe_timeout: config.tuning.probe_timeout(),
+                watching: None,
+                silent_since: HashMap::new(),
+                recent_silent: Vec::new(),
+                no_probe: Default::default(),
+                pending_suspect: Default::default(),
                 strain: 0,
                 strain_at: now,
                 last_tick: now,
@@ -428,6 +455,13 @@ impl EventLoop {
         let mut heartbeat = tokio::time::interval(self.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
+        let mut probe_tick = tokio::time::interval(self.probe_interval);
+        probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let probes = shutdown.child_token();
+        if let Some((requests, results, control)) = self.prober_parts.take() {
+            tokio::spawn(probe::run_prober(control.clone(), requests, results, probes.clone()));
+            tokio::spawn(probe::run_echo(control, probes.clone()));
+        }
         for (peer, addrs) in std::mem::take(&mut self.rejoin) {
             self.dial_peer(peer, addrs, FoundBy::Rejoin);
         }
@@ -453,6 +487,8 @@ impl EventLoop {
                 }
                 _ = sleep_until(due) => self.publish_snapshot(),
                 _ = tick.tick() => self.on_tick(),
+                _ = probe_tick.tick() => self.probe_round(),
+                Some(result) = self.probe_rx.recv() => self.on_probe(result),
                 _ = heartbeat.tick() => {
                     self.publish_own("heartbeat");
                     self.exchange_with_next();
@@ -944,7 +980,11 @@ impl EventLoop {
                 }
             }
         }
-        self.fail_silent_peers(now);
+        self.close_silent_peers(now);
+        if self.strain > 0 && now.duration_since(self.strain_at) > STRAIN_EASE {
+            self.strain -= 1;
+            self.strain_at = now;
+        }
         self.prefer_tcp(now);
         if now >= self.kad_next && self.dht_useful() {
             self.kad_round();
@@ -995,56 +1035,146 @@ impl EventLoop {
         }
     }
 
-    /// Fails and disconnects connected peers that answered no ping for
-    /// `stale_after` (a host that vanished without closing its sockets).
-    /// Cells that have not answered a ping for `stale_after` are failed at
-    /// once, but their connections stay open for [`SILENT_CLOSE_AFTER`]: a
-    /// cell that was only slow (a busy host, a burst of handshakes when
-    /// many cells start together) answers the next ping and is alive again
-    /// without a new handshake, so a slow moment does not become a storm of
-    /// redials. A cell still silent then is disconnected and redialed with
-    /// backoff.
-    fn fail_silent_peers(&mut self, now: Instant) {
-        let bound = self.stale_after * (1 + self.strain);
-        let silent: Vec<(PeerId, Duration)> = self
-            .last_pong
+    /// Connected cells failed for their silence that have not answered a
+    /// probe for [`SILENT_CLOSE_AFTER`] are disconnected (and then redialed
+    /// with backoff). Until then their connections stay open: a cell that
+    /// was only slow (a busy host, a burst of handshakes when many cells
+    /// start together) answers the next probe and is alive again without a
+    /// new handshake, so a slow moment does not become a storm of redials.
+    fn close_silent_peers(&mut self, now: Instant) {
+        let stale: Vec<PeerId> = self
+            .silent_since
             .iter()
-            .map(|(p, at)| (*p, now.duration_since(*at)))
-            .filter(|(p, quiet)| *quiet > bound && !self.no_ping.contains(p))
+            .filter(|(_, at)| now.duration_since(**at) > SILENT_CLOSE_AFTER)
+            .map(|(p, _)| *p)
             .collect();
-        // Many cells silent at once (a quarter, and at least 3) is more
-        // likely this cell's trouble, or the whole LAN's, than that many
-        // crashes: wait longer before judging, as when our loop runs late.
-        let newly = silent.iter().filter(|(p, _)| self.mesh.state_of(p) == Some(PeerState::Alive));
-        let newly = newly.count();
-        if newly >= 3 && newly * 4 >= self.last_pong.len() && self.strain < MAX_LOCAL_STRAIN {
+        for peer in stale {
+            tracing::debug!(%peer, "still no probe answer; closing its connections");
+            self.silent_since.remove(&peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    /// How long a probe waits for its echo: the configured timeout,
+    /// stretched by this cell's local health.
+    fn probe_wait(&self) -> Duration {
+        self.probe_timeout * (1 + self.strain)
+    }
+
+    fn probe(&mut self, peer: PeerId, purpose: Purpose) {
+        let req = ProbeRequest { peer, timeout: self.probe_wait(), purpose };
+        if self.probe_tx.try_send(req).is_err() {
+            tracing::debug!(%peer, ?purpose, "prober busy; probe skipped");
+        }
+    }
+
+    /// Every probe interval: probe the ring successor, and every connected
+    /// cell failed for its silence (is it back?).
+    fn probe_round(&mut self) {
+        let members: Vec<PeerId> = self
+            .conns
+            .keys()
+            .filter(|p| {
+                !self.no_probe.contains(p) && self.mesh.state_of(p) == Some(PeerState::Alive)
+            })
+            .copied()
+            .collect();
+        let next = probe::successor(self.local_peer, members);
+        if next != self.watching {
+            tracing::debug!(peer = ?next.map(|p| p.to_base58()), "watching the next cell in the ring");
+            self.watching = next;
+        }
+        if let Some(peer) = next {
+            self.probe(peer, Purpose::Watch);
+        }
+        let silent: Vec<PeerId> =
+            self.silent_since.keys().filter(|p| self.conns.contains_key(p)).copied().collect();
+        for peer in silent {
+            self.probe(peer, Purpose::Revive);
+        }
+    }
+
+    fn on_probe(&mut self, r: ProbeResult) {
+        match r.outcome {
+            Outcome::Answered(rtt) => {
+                self.silent_since.remove(&r.peer);
+                let t = self.mesh.rtt(r.peer, rtt);
+                if t.is_some() {
+                    tracing::debug!(peer = %r.peer, ?rtt, "a silent cell answers again");
+                }
+                self.transition(t);
+                self.soft_dirty = true;
+            }
+            Outcome::Unsupported => {
+                tracing::debug!(peer = %r.peer, "does not speak the probe protocol; pings judge it");
+                self.no_probe.insert(r.peer);
+            }
+            Outcome::Silent => {
+                let alive = self.conns.contains_key(&r.peer)
+                    && self.mesh.state_of(&r.peer) == Some(PeerState::Alive);
+                if !alive {
+                    return;
+                }
+                match r.purpose {
+                    Purpose::Watch => self.suspect(r.peer),
+                    Purpose::Verify => self.verified_silent(r.peer),
+                    Purpose::Revive => {}
+                }
+            }
+        }
+    }
+
+    /// Our watch probe of `peer` went unanswered: ask every connected cell
+    /// to check it, and check it again ourselves, together with every other
+    /// cell we are connected to (if they are all silent, it is this cell
+    /// that is cut off, and it should see all of them failed).
+    fn suspect(&mut self, peer: PeerId) {
+        tracing::debug!(%peer, wait = ?self.probe_wait(), "probe unanswered; asking every cell to check");
+        let record = self.own_record(false);
+        let others: Vec<PeerId> = self.conns.keys().filter(|p| **p != peer).copied().collect();
+        for other in &others {
+            let req = RegisterRequest {
+                kind: RequestKind::Suspect,
+                record: record.clone(),
+                known: Vec::new(),
+                suspect: Some(peer.to_base58()),
+            };
+            let id = self.swarm.behaviour_mut().register.send_request(other, req);
+            self.pending_suspect.insert(id);
+        }
+        self.probe(peer, Purpose::Verify);
+        for other in others {
+            if !self.no_probe.contains(&other)
+                && self.mesh.state_of(&other) == Some(PeerState::Alive)
+            {
+                self.probe(other, Purpose::Verify);
+            }
+        }
+    }
+
+    /// A check of a suspected cell went unanswered: it is failed, unless
+    /// many cells went silent at once (then this cell is the likelier
+    /// culprit: it waits longer and checks again, up to its most patient).
+    fn verified_silent(&mut self, peer: PeerId) {
+        let now = Instant::now();
+        self.recent_silent.retain(|(p, at)| *p != peer && now.duration_since(*at) < STRAIN_EASE);
+        self.recent_silent.push((peer, now));
+        let silent = self.recent_silent.len();
+        if silent >= 3 && silent * 4 >= self.conns.len() && self.strain < MAX_LOCAL_STRAIN {
             self.strain += 1;
             self.strain_at = now;
             tracing::debug!(
-                newly,
+                silent,
                 strain = self.strain,
-                "many cells silent at once: waiting longer"
+                "many cells silent at once: checking again, more patiently"
             );
+            self.probe(peer, Purpose::Verify);
             return;
         }
-        if silent.is_empty() && self.strain > 0 && now.duration_since(self.strain_at) > STRAIN_EASE
-        {
-            self.strain -= 1;
-            self.strain_at = now;
-        }
-        for (peer, quiet) in silent {
-            if quiet > SILENT_CLOSE_AFTER {
-                tracing::debug!(%peer, ?quiet, "still no ping answer; closing its connections");
-                self.last_pong.remove(&peer);
-                let _ = self.swarm.disconnect_peer_id(peer);
-                continue;
-            }
-            let t = self.mesh.unreachable(peer);
-            if t.is_some() {
-                tracing::debug!(%peer, after = ?self.stale_after, "no ping answer; failing the cell");
-            }
-            self.transition(t);
-        }
+        tracing::debug!(%peer, "no probe answer; failing the cell");
+        self.silent_since.insert(peer, now);
+        let t = self.mesh.unreachable(peer);
+        self.transition(t);
     }
 
     /// Connected cells we have not exchanged records with yet (the hello
@@ -1203,7 +1333,7 @@ impl EventLoop {
                     addr: endpoint.get_remote_address().clone(),
                 });
                 // A new connection proves the cell is there.
-                self.last_pong.insert(peer_id, Instant::now());
+                self.silent_since.remove(&peer_id);
                 self.yield_until.remove(&peer_id);
                 self.dirty = true;
                 let mut reply = None;
@@ -1243,8 +1373,8 @@ impl EventLoop {
                     if self.autonat_servers.remove(&peer_id) {
                         self.swarm.behaviour_mut().autonat.remove_server(&peer_id);
                     }
-                    self.last_pong.remove(&peer_id);
-                    self.no_ping.remove(&peer_id);
+                    self.silent_since.remove(&peer_id);
+                    self.no_probe.remove(&peer_id);
                     self.exchanged.remove(&peer_id);
                     tracing::debug!(peer = %peer_id, cause = ?cause, "last connection closed");
                     let t = self.mesh.disconnected(peer_id);
@@ -1550,28 +1680,26 @@ impl EventLoop {
         }
     }
 
+    /// Pings measure round trips (`rtt_ms`); probes judge liveness, except
+    /// for cells that do not speak the probe protocol, which a failed ping
+    /// fails.
     fn on_ping(&mut self, e: ping::Event) {
         match e.result {
             Ok(rtt) => {
                 let t = self.mesh.rtt(e.peer, rtt);
                 if t.is_some() {
-                    tracing::debug!(peer = %e.peer, ?rtt, "a silent cell answers again");
+                    self.silent_since.remove(&e.peer);
                 }
                 self.transition(t);
-                if self.swarm.is_connected(&e.peer) {
-                    self.last_pong.insert(e.peer, Instant::now());
-                }
                 self.soft_dirty = true;
             }
-            Err(ping::Failure::Unsupported) => {
-                self.no_ping.insert(e.peer);
+            Err(ping::Failure::Unsupported) => {}
+            Err(failure) if self.no_probe.contains(&e.peer) => {
+                tracing::debug!(peer = %e.peer, %failure, "ping failed; failing the cell");
+                let t = self.mesh.unreachable(e.peer);
+                self.transition(t);
             }
-            Err(failure) => {
-                // A silent host: TCP would not notice for minutes. No pong
-                // means no fresh `last_pong`: `fail_silent_peers` judges it,
-                // with this cell's local health taken into account.
-                tracing::debug!(peer = %e.peer, %failure, "ping failed");
-            }
+            Err(failure) => tracing::debug!(peer = %e.peer, %failure, "ping failed"),
         }
     }
 
@@ -1631,6 +1759,7 @@ impl EventLoop {
             kind: RequestKind::Hello,
             record: self.own_record(false),
             known: self.known_for(peer),
+            suspect: None,
         };
         let id = self.swarm.behaviour_mut().register.send_request(&peer, req);
         self.hello_in_flight.insert(id, peer);
@@ -1682,7 +1811,9 @@ impl EventLoop {
                     self.on_request(peer, request, channel)
                 }
                 request_response::Message::Response { request_id, response } => {
-                    if self.pending_leave.remove(&request_id).is_some() {
+                    if self.pending_leave.remove(&request_id).is_some()
+                        || self.pending_suspect.remove(&request_id)
+                    {
                         return;
                     }
                     self.hello_in_flight.remove(&request_id);
@@ -1712,6 +1843,9 @@ impl EventLoop {
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
                 self.pending_leave.remove(&request_id);
+                if self.pending_suspect.remove(&request_id) {
+                    return;
+                }
                 // The tick sends another hello while the peer stays connected,
                 // unless it does not speak the protocol at all.
                 self.hello_in_flight.remove(&request_id);
@@ -1765,6 +1899,26 @@ impl EventLoop {
                 let resp = RegisterResponse { record: self.own_record(false), known: Vec::new() };
                 let _ = self.swarm.behaviour_mut().register.send_response(channel, resp);
             }
+            RequestKind::Suspect => {
+                let suspect = request.suspect.as_deref().and_then(|s| s.parse::<PeerId>().ok());
+                match suspect {
+                    Some(p) if p == self.local_peer => {
+                        tracing::debug!(by = %peer, "another cell suspects this one; its probes will settle it");
+                    }
+                    Some(p)
+                        if self.conns.contains_key(&p)
+                            && !self.no_probe.contains(&p)
+                            && self.mesh.state_of(&p) == Some(PeerState::Alive) =>
+                    {
+                        tracing::debug!(suspect = %p, by = %peer, "checking a suspected cell");
+                        self.probe(p, Purpose::Verify);
+                    }
+                    Some(_) => {}
+                    None => tracing::debug!(%peer, "a suspect notice without a valid peer id"),
+                }
+                let resp = RegisterResponse { record: self.own_record(false), known: Vec::new() };
+                let _ = self.swarm.behaviour_mut().register.send_response(channel, resp);
+            }
         }
     }
 
@@ -1783,6 +1937,7 @@ impl EventLoop {
                 kind: RequestKind::Leave,
                 record: record.clone(),
                 known: Vec::new(),
+                suspect: None,
             };
             let id = self.swarm.behaviour_mut().register.send_request(peer, req);
             self.pending_leave.insert(id, *peer);

@@ -4,6 +4,7 @@
 pub mod behaviour;
 mod event_loop;
 pub mod handle;
+pub mod probe;
 pub mod protocol;
 
 pub use event_loop::{EventLoop, EVENT_BUFFER};

@@ -122,6 +122,10 @@ pub enum RequestKind {
     /// "I am shutting down cleanly." Sent to every connected cell before the
     /// cell closes its connections, so they mark it left, never failed.
     Leave,
+    /// "The cell named in `suspect` did not answer my probe: check it." Sent
+    /// to every connected cell; each probes the suspect itself and fails it
+    /// only if its own probe goes unanswered too.
+    Suspect,
 }
 
 /// A third-party record passed along in an exchange.
@@ -141,6 +145,9 @@ pub struct RegisterRequest {
     /// Records of other cells the sender knows (empty for `leave`).
     #[serde(default)]
     pub known: Vec<KnownCell>,
+    /// For `suspect`: the peer id (base58) of the cell that went silent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspect: Option<String>,
 }
 
 /// Response on `/aios/register/1.0.0`.

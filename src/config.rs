@@ -106,7 +106,8 @@ impl std::fmt::Display for PeerAddr {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Tuning {
-    /// A cell republishes its record this often even when nothing changed.
+    /// A cell exchanges records with one connected cell this often
+    /// (anti-entropy: repairs anything gossip missed).
     pub heartbeat_secs: u64,
     /// Ping every connection this often, for its round-trip time (`rtt_ms`).
     /// Liveness does not depend on it: probes do that.

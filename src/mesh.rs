@@ -329,6 +329,20 @@ impl MeshView {
         (merge, Self::set_state(row, peer, to))
     }
 
+    /// The author and `seq` of every record held (a `sync` digest).
+    pub fn digest(&self) -> impl Iterator<Item = (PeerId, u64)> + '_ {
+        self.peers.iter().filter(|(_, r)| r.entry.cell_id.is_some()).map(|(p, r)| (*p, r.entry.seq))
+    }
+
+    /// The records for alive peers that are newer than what `held` says
+    /// the asker holds, or that it lacks (the answer to a `sync`).
+    pub fn newer_than<'a>(
+        &'a self,
+        held: &'a HashMap<PeerId, u64>,
+    ) -> impl Iterator<Item = (PeerId, CellRecord)> + 'a {
+        self.alive_records().filter(|(p, r)| held.get(p).is_none_or(|seq| r.seq > *seq))
+    }
+
     /// Records for the peers we believe alive, for a record exchange.
     pub fn alive_records(&self) -> impl Iterator<Item = (PeerId, CellRecord)> + '_ {
         self.peers.iter().filter_map(|(peer, row)| {
@@ -554,6 +568,28 @@ mod tests {
             agent: String::new(),
             leaving: false,
         }
+    }
+
+    #[test]
+    fn a_sync_answer_holds_only_records_newer_than_the_digest_or_missing_from_it() {
+        let mut m = MeshView::default();
+        let (same, newer, missing, failed) =
+            (PeerId::random(), PeerId::random(), PeerId::random(), PeerId::random());
+        for (i, (p, seq)) in [(same, 5), (newer, 9), (missing, 2), (failed, 4)].iter().enumerate() {
+            m.connected(*p, None, FoundBy::Mdns);
+            let r = CellRecord { cell_id: format!("c{i}"), ..rec(*seq, 0.5) };
+            assert_eq!(m.merge(*p, &r, FoundBy::Mdns, true).0, Merge::Updated);
+        }
+        m.disconnected(failed);
+        let digest: Vec<_> = m.digest().collect();
+        assert_eq!(digest.len(), 4, "every record held is in the digest");
+        let held: HashMap<PeerId, u64> = [(same, 5), (newer, 7), (failed, 1)].into();
+        let mut sent: Vec<(PeerId, u64)> = m.newer_than(&held).map(|(p, r)| (p, r.seq)).collect();
+        sent.sort();
+        let mut want = vec![(newer, 9), (missing, 2)];
+        want.sort();
+        // Not `same` (held as is), not `failed` (only alive cells' records travel).
+        assert_eq!(sent, want);
     }
 
     #[test]

@@ -25,8 +25,8 @@ use super::behaviour::{agent_version, Behaviour, BehaviourEvent};
 use super::handle::{resolve, Command, CommandError, Handle, RegisterOutcome, SyncOutcome};
 use super::probe::{self, Outcome, ProbeRequest, ProbeResult, Purpose};
 use super::protocol::{
-    CellRecord, KnownCell, RegisterRequest, RegisterResponse, RequestKind, KAD_PROTOCOL,
-    MAX_KNOWN_RECORDS, MESH_KEY, TOPIC,
+    CellRecord, DigestEntry, KnownCell, RegisterRequest, RegisterResponse, RequestKind,
+    KAD_PROTOCOL, MAX_KNOWN_RECORDS, MESH_KEY, TOPIC,
 };
 use super::NetworkError;
 use libp2p_stream::Control;
@@ -680,7 +680,7 @@ impl EventLoop {
         let next = peers.iter().find(|p| Some(**p) > self.last_exchange).or(peers.first()).copied();
         if let Some(peer) = next {
             self.last_exchange = Some(peer);
-            self.send_hello(peer, None);
+            self.send_sync(peer);
         }
     }
 
@@ -1144,6 +1144,7 @@ impl EventLoop {
                 record: record.clone(),
                 known: Vec::new(),
                 suspect: Some(peer.to_base58()),
+                digest: Vec::new(),
             };
             let id = self.swarm.behaviour_mut().register.send_request(other, req);
             self.pending_suspect.insert(id);
@@ -1454,8 +1455,19 @@ impl EventLoop {
                     }
                     // Rediscovery of a failed cell: try it now.
                     self.retry.remove(&peer);
+                    // A cell's mDNS answer holds its QUIC and TCP addresses
+                    // as separate records, which can arrive in separate
+                    // events. Dialing on the QUIC one alone costs a QUIC (TLS)
+                    // handshake, then a TCP one to replace it (a third of a
+                    // cell's start-up CPU at 20 cells): wait for the TCP
+                    // record, which comes at once (the tick dials whatever
+                    // is known otherwise).
+                    let known = self.mesh.addrs_of(&peer);
+                    if !known.iter().any(is_tcp) {
+                        continue;
+                    }
                     if self.may_dial(peer, Instant::now()) {
-                        self.dial_peer(peer, addrs, FoundBy::Mdns);
+                        self.dial_peer(peer, known, FoundBy::Mdns);
                     }
                 }
             }
@@ -1766,12 +1778,35 @@ impl EventLoop {
             record: self.own_record(false),
             known: self.known_for(peer),
             suspect: None,
+            digest: Vec::new(),
         };
         let id = self.swarm.behaviour_mut().register.send_request(&peer, req);
         self.hello_in_flight.insert(id, peer);
         if let Some(reply) = reply {
             self.pending_hello.insert(id, reply);
         }
+    }
+
+    /// Anti-entropy: our record and the digest of every record we hold; the
+    /// answer brings only what is newer or missing here.
+    fn send_sync(&mut self, peer: PeerId) {
+        // Our own record is not in the digest: the answer always brings
+        // back the peer's record of us, as a `hello` does (clone detection).
+        let digest: Vec<DigestEntry> = self
+            .mesh
+            .digest()
+            .take(MAX_KNOWN_RECORDS)
+            .map(|(p, seq)| DigestEntry { peer_id: p.to_base58(), seq })
+            .collect();
+        let req = RegisterRequest {
+            kind: RequestKind::Sync,
+            record: self.own_record(false),
+            known: Vec::new(),
+            suspect: None,
+            digest,
+        };
+        let id = self.swarm.behaviour_mut().register.send_request(&peer, req);
+        self.hello_in_flight.insert(id, peer);
     }
 
     /// Merges the records in an exchange. Returns how many third-party
@@ -1896,6 +1931,31 @@ impl EventLoop {
                 let resp = RegisterResponse { record: self.own_record(false), known };
                 let _ = self.swarm.behaviour_mut().register.send_response(channel, resp);
             }
+            RequestKind::Sync => {
+                let held: HashMap<PeerId, u64> = request
+                    .digest
+                    .iter()
+                    .take(MAX_KNOWN_RECORDS)
+                    .filter_map(|d| Some((d.peer_id.parse::<PeerId>().ok()?, d.seq)))
+                    .filter(|(p, _)| *p != peer)
+                    .collect();
+                // What we held before this request that is newer than the
+                // digest or missing from it; our record of the requester
+                // always goes back (it spots a clone of itself in it).
+                let known: Vec<KnownCell> = self
+                    .mesh
+                    .newer_than(&held)
+                    .take(MAX_KNOWN_RECORDS)
+                    .map(|(p, record)| KnownCell { peer_id: p.to_base58(), record })
+                    .collect();
+                let ok = self.merge_exchange(peer, &request.record, &request.known);
+                if ok.is_ok() {
+                    self.exchanged.insert(peer);
+                }
+                self.count_registration("inbound", ok.is_ok());
+                let resp = RegisterResponse { record: self.own_record(false), known };
+                let _ = self.swarm.behaviour_mut().register.send_response(channel, resp);
+            }
             RequestKind::Leave => {
                 let mut record = request.record;
                 record.leaving = true;
@@ -1944,6 +2004,7 @@ impl EventLoop {
                 record: record.clone(),
                 known: Vec::new(),
                 suspect: None,
+                digest: Vec::new(),
             };
             let id = self.swarm.behaviour_mut().register.send_request(peer, req);
             self.pending_leave.insert(id, *peer);

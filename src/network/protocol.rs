@@ -126,6 +126,18 @@ pub enum RequestKind {
     /// to every connected cell; each probes the suspect itself and fails it
     /// only if its own probe goes unanswered too.
     Suspect,
+    /// Anti-entropy: "here is me, and the `seq` of every record I hold (in
+    /// `digest`): send me the records you hold that are newer or that I
+    /// lack." Sent every heartbeat to one connected cell in turn.
+    Sync,
+}
+
+/// One entry of a `sync` digest: a record's author and the `seq` held.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DigestEntry {
+    /// The record's author, base58.
+    pub peer_id: String,
+    pub seq: u64,
 }
 
 /// A third-party record passed along in an exchange.
@@ -148,6 +160,10 @@ pub struct RegisterRequest {
     /// For `suspect`: the peer id (base58) of the cell that went silent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspect: Option<String>,
+    /// For `sync`: every record the sender holds, as author and `seq`
+    /// (its own included).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub digest: Vec<DigestEntry>,
 }
 
 /// Response on `/aios/register/1.0.0`.

@@ -568,11 +568,17 @@ def cpu_delta(a, b):
 
 
 def proc_rss_kb(pid):
+    """(VmRSS, RssAnon) in kB: all resident pages, and those private to the
+    process (heap, stacks; not the executable's pages, which the page cache
+    shares)."""
+    vm = anon = None
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return None
+                vm = int(line.split()[1])
+            elif line.startswith("RssAnon:"):
+                anon = int(line.split()[1])
+    return vm, anon
 
 
 # ---------------------------------------------------------------------------
@@ -1061,9 +1067,13 @@ class Suite:
         cpu = [cpu_delta(c0[i], c1[i]) / dt * 100 for i in pids]
         out = [(n1[i][0] - n0[i][0]) / dt for i in pids]
         inn = [(n1[i][1] - n0[i][1]) / dt for i in pids]
-        last_rss = [rss[i][-1] / 1024 for i in pids]
+        last_rss = [rss[i][-1][0] / 1024 for i in pids]
         self.figs["rss"] = Fig(statistics.mean(last_rss),
                                f"{statistics.mean(last_rss):.1f} MiB (max {max(last_rss):.1f})")
+        last_anon = [rss[i][-1][1] / 1024 for i in pids if rss[i][-1][1] is not None]
+        if last_anon:
+            self.figs["rss_anon"] = Fig(statistics.mean(last_anon),
+                                        f"{statistics.mean(last_anon):.1f} MiB (max {max(last_anon):.1f})")
         v = statistics.mean(cpu)
         self.figs["cpu"] = Fig(v, f"{v:.3f} % (max {max(cpu):.3f})")
         tot = [o + i for o, i in zip(out, inn)]
@@ -1241,6 +1251,7 @@ ROWS = [
      lambda v, n: v == 0 if n == 20 else None),
     ("rss", "RSS per process, idle (VmRSS)", "≤ 12 MB",
      lambda v, n: v <= 12.0 if n == 20 else None),
+    ("rss_anon", "  of which private to the process (RssAnon)", "", None),
     ("cpu", "CPU per process, idle (% of one core)", "≤ 0.1 %",
      lambda v, n: v <= 0.1 if n == 20 else None),
     ("net", "traffic per host, idle (sent + received)", "≤ 200 B/s",

@@ -56,6 +56,19 @@ pub struct RegistrationLabels {
     pub outcome: &'static str,
 }
 
+/// Why a probe was sent and what came of it (see `network::probe`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    /// `watch` (the ring successor), `verify` (a suspect), `revive` (a
+    /// cell failed for its silence).
+    pub purpose: &'static str,
+    /// `answered`, `silent`, `unsupported`.
+    pub outcome: &'static str,
+}
+
+pub const PROBE_PURPOSES: [&str; 3] = ["watch", "verify", "revive"];
+pub const PROBE_OUTCOMES: [&str; 3] = ["answered", "silent", "unsupported"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub method: &'static str,
@@ -80,6 +93,8 @@ pub struct CellMetrics {
     pub gossip_received: Counter,
     pub gossip_rejected: Family<ReasonLabel, Counter>,
     pub registrations: Family<RegistrationLabels, Counter>,
+    pub probes: Family<ProbeLabels, Counter>,
+    pub suspects_sent: Counter,
     pub dropped_notifications: Counter,
     pub rejected_commands: Counter,
     pub http_requests: Family<HttpLabels, Counter>,
@@ -98,6 +113,8 @@ impl CellMetrics {
             gossip_received: Counter::default(),
             gossip_rejected: Family::default(),
             registrations: Family::default(),
+            probes: Family::default(),
+            suspects_sent: Counter::default(),
             dropped_notifications: Counter::default(),
             rejected_commands: Counter::default(),
             http_requests: Family::default(),
@@ -138,6 +155,16 @@ impl CellMetrics {
             m.registrations.clone(),
         );
         registry.register(
+            "aios_probes",
+            "Liveness probes on /aios/probe/1.0.0, by purpose and outcome",
+            m.probes.clone(),
+        );
+        registry.register(
+            "aios_suspects_sent",
+            "Cells this cell's watch probe found silent (each sent a suspect notice to every cell)",
+            m.suspects_sent.clone(),
+        );
+        registry.register(
             "aios_dropped_notifications",
             "Notifications the event loop dropped rather than wait for a slow reader",
             m.dropped_notifications.clone(),
@@ -162,6 +189,11 @@ impl CellMetrics {
         // show 0 rather than "no data".
         for reason in REJECT_REASONS {
             m.gossip_rejected.get_or_create(&ReasonLabel { reason }).inc_by(0);
+        }
+        for purpose in PROBE_PURPOSES {
+            for outcome in PROBE_OUTCOMES {
+                m.probes.get_or_create(&ProbeLabels { purpose, outcome }).inc_by(0);
+            }
         }
         m
     }

@@ -500,6 +500,22 @@ async fn a_plain_libp2p_node_can_probe_a_cell_and_is_not_failed_for_not_probing_
     tokio::time::sleep(Duration::from_millis(3000)).await;
     let peers = get(&format!("{}/peers", a.api)).await;
     assert_eq!(state_of(&peers, &me).as_deref(), Some("alive"), "/peers: {peers:#}");
+    // Operators see why in the metrics: the cell's watch probe found no
+    // probe protocol there, and it sent no suspect notice.
+    let metrics = reqwest::get(format!("http://{}/metrics", a.cell.metrics_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()))
+            .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{metrics}"))
+    };
+    assert!(value(r#"aios_probes_total{purpose="watch",outcome="unsupported"}"#) >= 1.0);
+    assert_eq!(value("aios_suspects_sent_total"), 0.0);
     driver.abort();
     a.cell.shutdown().await;
 }

@@ -35,7 +35,7 @@ use crate::config::{Config, PeerAddr, DEFAULT_HTTP_PORT};
 use crate::mesh::{
     now_ms, FoundBy, LocalState, Merge, MeshEvent, MeshView, PeerState, Snapshot, Transition,
 };
-use crate::metrics::{CellMetrics, ReasonLabel, RegistrationLabels};
+use crate::metrics::{CellMetrics, ProbeLabels, ReasonLabel, RegistrationLabels};
 use crate::state::{RememberedPeer, State, MAX_REMEMBERED};
 
 /// Mesh events buffered for `GET /events` subscribers; a subscriber that
@@ -1101,6 +1101,17 @@ impl EventLoop {
     }
 
     fn on_probe(&mut self, r: ProbeResult) {
+        let purpose = match r.purpose {
+            Purpose::Watch => "watch",
+            Purpose::Verify => "verify",
+            Purpose::Revive => "revive",
+        };
+        let outcome = match r.outcome {
+            Outcome::Answered(_) => "answered",
+            Outcome::Silent => "silent",
+            Outcome::Unsupported => "unsupported",
+        };
+        self.metrics.probes.get_or_create(&ProbeLabels { purpose, outcome }).inc();
         match r.outcome {
             Outcome::Answered(rtt) => {
                 self.silent_since.remove(&r.peer);
@@ -1136,6 +1147,7 @@ impl EventLoop {
     /// that is cut off, and it should see all of them failed).
     fn suspect(&mut self, peer: PeerId) {
         tracing::debug!(%peer, wait = ?self.probe_wait(), "probe unanswered; asking every cell to check");
+        self.metrics.suspects_sent.inc();
         let record = self.own_record(false);
         let others: Vec<PeerId> = self.conns.keys().filter(|p| **p != peer).copied().collect();
         for other in &others {

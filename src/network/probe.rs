@@ -31,6 +31,10 @@ pub const NONCE_LEN: usize = 8;
 const ECHO_IDLE: Duration = Duration::from_secs(30);
 /// Inbound probe streams served at once (one per probing cell is normal).
 const MAX_ECHO_STREAMS: usize = 1024;
+/// Outbound streams kept between probes. Streams of cells that went away
+/// are dropped at their next probe; past this many (churn over a long run)
+/// all are dropped and reopened as needed.
+const MAX_KEPT_STREAMS: usize = 1024;
 
 /// Why a cell is probed; the event loop acts on the answer accordingly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +103,9 @@ pub async fn run_prober(
                 let result: ProbeResult = result;
                 busy.remove(&result.peer);
                 if let Some(s) = stream {
+                    if streams.len() >= MAX_KEPT_STREAMS {
+                        streams.clear();
+                    }
                     streams.insert(result.peer, s);
                 } else {
                     streams.remove(&result.peer);

@@ -256,7 +256,7 @@ impl MeshView {
         Self::set_state(row, peer, PeerState::Failed)
     }
 
-    /// A ping answered. A connected cell counted failed for its silence
+    /// A ping or probe answered. A connected cell counted failed for its silence
     /// is alive again (unless it left).
     pub fn rtt(&mut self, peer: PeerId, rtt: Duration) -> Option<Transition> {
         let row = self.peers.get_mut(&peer)?;

@@ -19,6 +19,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::mesh::{PeerState, Snapshot};
+use crate::network::probe::{Outcome, Purpose};
 
 /// OpenMetrics content type, as Prometheus asks for it.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -65,9 +66,6 @@ pub struct ProbeLabels {
     /// `answered`, `silent`, `unsupported`.
     pub outcome: &'static str,
 }
-
-pub const PROBE_PURPOSES: [&str; 3] = ["watch", "verify", "revive"];
-pub const PROBE_OUTCOMES: [&str; 3] = ["answered", "silent", "unsupported"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -190,9 +188,10 @@ impl CellMetrics {
         for reason in REJECT_REASONS {
             m.gossip_rejected.get_or_create(&ReasonLabel { reason }).inc_by(0);
         }
-        for purpose in PROBE_PURPOSES {
-            for outcome in PROBE_OUTCOMES {
-                m.probes.get_or_create(&ProbeLabels { purpose, outcome }).inc_by(0);
+        for purpose in Purpose::ALL {
+            for outcome in Outcome::NAMES {
+                let labels = ProbeLabels { purpose: purpose.as_str(), outcome };
+                m.probes.get_or_create(&labels).inc_by(0);
             }
         }
         m

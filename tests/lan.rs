@@ -62,12 +62,8 @@ fn three_cells_on_a_lan_find_each_other_share_levels_and_notice_crash_and_leave(
     let (cells, started, all_started) = start_cells(&mut lan, 3);
 
     // ---- (1) convergence: everyone alive and connected to everyone ------
-    let everyone: Vec<&Cell> = cells.iter().collect();
     let others = |me: &Cell| -> Vec<&Cell> { cells.iter().filter(|c| c.host != me.host).collect() };
-    let converged =
-        wait_for(&mut lan, &everyone, "the three cells to converge", CONVERGE_WITHIN, |c, v| {
-            sees_all_alive(&cells, c, v)
-        });
+    let converged = wait_converged(&mut lan, &cells, CONVERGE_WITHIN);
     let convergence = converged - started;
 
     // Nothing was configured, so every cell was found through the LAN, and
@@ -204,7 +200,7 @@ fn three_cells_on_a_lan_find_each_other_share_levels_and_notice_crash_and_leave(
 
 /// A cell whose cable is pulled (its bridge port down: no FIN, no leave
 /// notice, just silence, like a machine losing power) is marked failed by
-/// the others through ping timeouts, marks them failed too, and all are
+/// the others through probe timeouts, marks them failed too, and all are
 /// alive and connected again once the cable is back.
 #[test]
 fn a_cell_cut_off_the_lan_is_marked_failed_and_rejoins() {
@@ -214,10 +210,7 @@ fn a_cell_cut_off_the_lan_is_marked_failed_and_rejoins() {
     };
     let (cells, started, _) = start_cells(&mut lan, 3);
     let everyone: Vec<&Cell> = cells.iter().collect();
-    let converged =
-        wait_for(&mut lan, &everyone, "the three cells to converge", CONVERGE_WITHIN, |c, v| {
-            sees_all_alive(&cells, c, v)
-        });
+    let converged = wait_converged(&mut lan, &cells, CONVERGE_WITHIN);
     let (c1, c2, c3) = (&cells[0], &cells[1], &cells[2]);
 
     let pulled = Instant::now();
@@ -349,11 +342,7 @@ fn a_killed_cell_restarts_as_itself_and_a_cloned_key_is_reported() {
         return;
     };
     let (cells, _, _) = start_cells(&mut lan, 3);
-    let everyone: Vec<&Cell> = cells.iter().collect();
-    let _ =
-        wait_for(&mut lan, &everyone, "the three cells to converge", CONVERGE_WITHIN, |c, v| {
-            sees_all_alive(&cells, c, v)
-        });
+    let _ = wait_converged(&mut lan, &cells, CONVERGE_WITHIN);
     let (c1, c2, c3) = (&cells[0], &cells[1], &cells[2]);
     let synced = query(&lan, &[c3.host], &["sync", "--level", "2.5"]);
     synced[0].as_ref().expect("sync on cell3");
@@ -475,7 +464,7 @@ fn a_quic_link_is_replaced_by_tcp_so_a_crash_is_noticed_at_once() {
 }
 
 /// A cell that stops answering for a few seconds (its host busy, a laptop
-/// lid closed and opened, here SIGSTOP) is failed within the ping bound like
+/// lid closed and opened, here SIGSTOP) is failed within the probe bound like
 /// a pulled cable, and alive again as soon as it answers: on the connection
 /// it had, with no new handshake (a busy moment must not become a storm of
 /// redials when many cells share a slow host).
@@ -487,10 +476,7 @@ fn a_paused_cell_is_failed_then_alive_again_on_the_same_connection() {
     };
     let (cells, _, _) = start_cells(&mut lan, 3);
     let everyone: Vec<&Cell> = cells.iter().collect();
-    let _ =
-        wait_for(&mut lan, &everyone, "the three cells to converge", CONVERGE_WITHIN, |c, v| {
-            sees_all_alive(&cells, c, v)
-        });
+    let _ = wait_converged(&mut lan, &cells, CONVERGE_WITHIN);
     let (c1, c2, c3) = (&cells[0], &cells[1], &cells[2]);
     // Connections to cell3 that cell1 and cell2 have opened or accepted so far
     // (the cells log each at debug level, which the tests turn on).

@@ -74,7 +74,7 @@ const SNAPSHOT_COALESCE: Duration = Duration::from_millis(20);
 const DIAL_YIELD: Duration = Duration::from_secs(3);
 /// A tick this much later than due means this cell's loop is starved.
 const LATE_TICK: Duration = Duration::from_millis(250);
-/// The most the silence bound is stretched: (1 + 4) × 3 s.
+/// The most probe timeouts are stretched: (1 + 4) × `probe_timeout`.
 const MAX_LOCAL_STRAIN: u32 = 4;
 /// Local health recovers one step per this long without strain.
 const STRAIN_EASE: Duration = Duration::from_secs(2);
@@ -924,7 +924,7 @@ impl EventLoop {
             tracing::debug!(
                 ?late,
                 strain = self.strain,
-                "this cell runs late: waiting longer for pings"
+                "this cell runs late: waiting longer for probes"
             );
         }
         // Cells we believe alive (from mDNS or another cell's records) but are
@@ -1101,17 +1101,8 @@ impl EventLoop {
     }
 
     fn on_probe(&mut self, r: ProbeResult) {
-        let purpose = match r.purpose {
-            Purpose::Watch => "watch",
-            Purpose::Verify => "verify",
-            Purpose::Revive => "revive",
-        };
-        let outcome = match r.outcome {
-            Outcome::Answered(_) => "answered",
-            Outcome::Silent => "silent",
-            Outcome::Unsupported => "unsupported",
-        };
-        self.metrics.probes.get_or_create(&ProbeLabels { purpose, outcome }).inc();
+        let labels = ProbeLabels { purpose: r.purpose.as_str(), outcome: r.outcome.as_str() };
+        self.metrics.probes.get_or_create(&labels).inc();
         match r.outcome {
             Outcome::Answered(rtt) => {
                 self.silent_since.remove(&r.peer);
@@ -1152,11 +1143,8 @@ impl EventLoop {
         let others: Vec<PeerId> = self.conns.keys().filter(|p| **p != peer).copied().collect();
         for other in &others {
             let req = RegisterRequest {
-                kind: RequestKind::Suspect,
-                record: record.clone(),
-                known: Vec::new(),
                 suspect: Some(peer.to_base58()),
-                digest: Vec::new(),
+                ..RegisterRequest::new(RequestKind::Suspect, record.clone())
             };
             let id = self.swarm.behaviour_mut().register.send_request(other, req);
             self.pending_suspect.insert(id);
@@ -1786,11 +1774,8 @@ impl EventLoop {
         reply: Option<oneshot::Sender<Result<RegisterOutcome, CommandError>>>,
     ) {
         let req = RegisterRequest {
-            kind: RequestKind::Hello,
-            record: self.own_record(false),
             known: self.known_for(peer),
-            suspect: None,
-            digest: Vec::new(),
+            ..RegisterRequest::new(RequestKind::Hello, self.own_record(false))
         };
         let id = self.swarm.behaviour_mut().register.send_request(&peer, req);
         self.hello_in_flight.insert(id, peer);
@@ -1811,11 +1796,8 @@ impl EventLoop {
             .map(|(p, seq)| DigestEntry { peer_id: p.to_base58(), seq })
             .collect();
         let req = RegisterRequest {
-            kind: RequestKind::Sync,
-            record: self.own_record(false),
-            known: Vec::new(),
-            suspect: None,
             digest,
+            ..RegisterRequest::new(RequestKind::Sync, self.own_record(false))
         };
         let id = self.swarm.behaviour_mut().register.send_request(&peer, req);
         self.hello_in_flight.insert(id, peer);
@@ -1921,6 +1903,27 @@ impl EventLoop {
         }
     }
 
+    /// The second half of a `hello` or `sync` from `peer`: merge what it
+    /// sent, and answer with our record and `known` (chosen before merging).
+    fn merge_and_answer(
+        &mut self,
+        peer: PeerId,
+        request: &RegisterRequest,
+        known: Vec<KnownCell>,
+        channel: ResponseChannel<RegisterResponse>,
+    ) {
+        let ok = self.merge_exchange(peer, &request.record, &request.known);
+        match &ok {
+            Ok(_) => {
+                self.exchanged.insert(peer);
+            }
+            Err(e) => tracing::debug!(%peer, error = %e, "refused a registration"),
+        }
+        self.count_registration("inbound", ok.is_ok());
+        let resp = RegisterResponse { record: self.own_record(false), known };
+        let _ = self.swarm.behaviour_mut().register.send_response(channel, resp);
+    }
+
     fn on_request(
         &mut self,
         peer: PeerId,
@@ -1932,16 +1935,7 @@ impl EventLoop {
                 // What we held before this request: if our record of the
                 // requester is not one it made, it learns of its clone.
                 let known = self.known_for(peer);
-                let ok = self.merge_exchange(peer, &request.record, &request.known);
-                if ok.is_ok() {
-                    self.exchanged.insert(peer);
-                }
-                if let Err(e) = &ok {
-                    tracing::debug!(%peer, error = %e, "refused a registration");
-                }
-                self.count_registration("inbound", ok.is_ok());
-                let resp = RegisterResponse { record: self.own_record(false), known };
-                let _ = self.swarm.behaviour_mut().register.send_response(channel, resp);
+                self.merge_and_answer(peer, &request, known, channel);
             }
             RequestKind::Sync => {
                 let held: HashMap<PeerId, u64> = request
@@ -1960,13 +1954,7 @@ impl EventLoop {
                     .take(MAX_KNOWN_RECORDS)
                     .map(|(p, record)| KnownCell { peer_id: p.to_base58(), record })
                     .collect();
-                let ok = self.merge_exchange(peer, &request.record, &request.known);
-                if ok.is_ok() {
-                    self.exchanged.insert(peer);
-                }
-                self.count_registration("inbound", ok.is_ok());
-                let resp = RegisterResponse { record: self.own_record(false), known };
-                let _ = self.swarm.behaviour_mut().register.send_response(channel, resp);
+                self.merge_and_answer(peer, &request, known, channel);
             }
             RequestKind::Leave => {
                 let mut record = request.record;
@@ -2011,13 +1999,7 @@ impl EventLoop {
         let _ = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), record.to_cbor());
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         for peer in &peers {
-            let req = RegisterRequest {
-                kind: RequestKind::Leave,
-                record: record.clone(),
-                known: Vec::new(),
-                suspect: None,
-                digest: Vec::new(),
-            };
+            let req = RegisterRequest::new(RequestKind::Leave, record.clone());
             let id = self.swarm.behaviour_mut().register.send_request(peer, req);
             self.pending_leave.insert(id, *peer);
         }
@@ -2043,10 +2025,6 @@ impl EventLoop {
     }
 }
 
-/// Which of a peer's addresses to dial. A remote cell's loopback address
-/// (which identify and records report) would reach ourselves, so it is
-/// dropped when the peer has any other. TCP is preferred: a crashed peer's
-/// TCP connection closes at once, while QUIC waits for its idle timeout.
 /// Sleeps until `due`, or forever without one.
 async fn sleep_until(due: Option<tokio::time::Instant>) {
     match due {
@@ -2080,6 +2058,10 @@ fn near(nets: &[if_watch::IpNet], addr: &Multiaddr) -> bool {
     })
 }
 
+/// Which of a peer's addresses to dial. A remote cell's loopback address
+/// (which identify and records report) would reach ourselves, so it is
+/// dropped when the peer has any other. TCP is preferred: a crashed peer's
+/// TCP connection closes at once, while QUIC waits for its idle timeout.
 fn dial_addrs(addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
     let is_loopback = |a: &Multiaddr| {
         a.iter().any(|p| match p {

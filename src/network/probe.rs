@@ -47,6 +47,18 @@ pub enum Purpose {
     Revive,
 }
 
+impl Purpose {
+    pub const ALL: [Purpose; 3] = [Purpose::Watch, Purpose::Verify, Purpose::Revive];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Watch => "watch",
+            Purpose::Verify => "verify",
+            Purpose::Revive => "revive",
+        }
+    }
+}
+
 /// Ask the prober to probe `peer` once.
 #[derive(Debug, Clone)]
 pub struct ProbeRequest {
@@ -64,6 +76,19 @@ pub enum Outcome {
     Silent,
     /// The peer does not speak the probe protocol.
     Unsupported,
+}
+
+impl Outcome {
+    /// Every outcome's name, as `as_str` gives it (metric labels).
+    pub const NAMES: [&'static str; 3] = ["answered", "silent", "unsupported"];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Answered(_) => "answered",
+            Outcome::Silent => "silent",
+            Outcome::Unsupported => "unsupported",
+        }
+    }
 }
 
 /// One probe's result, for the event loop.
@@ -234,5 +259,11 @@ mod tests {
         assert_eq!(watched.len(), ids.len());
         assert_eq!(successor(ids[0], [ids[0]]), None);
         assert_eq!(successor(ids[3], [ids[1]]), Some(ids[1]));
+    }
+
+    #[test]
+    fn every_outcome_has_its_metric_label() {
+        let all = [Outcome::Answered(Duration::ZERO), Outcome::Silent, Outcome::Unsupported];
+        assert_eq!(all.map(|o| o.as_str()), Outcome::NAMES);
     }
 }

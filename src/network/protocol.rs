@@ -166,6 +166,13 @@ pub struct RegisterRequest {
     pub digest: Vec<DigestEntry>,
 }
 
+impl RegisterRequest {
+    /// A request of `kind` carrying the sender's `record` and nothing else.
+    pub fn new(kind: RequestKind, record: CellRecord) -> Self {
+        RegisterRequest { kind, record, known: Vec::new(), suspect: None, digest: Vec::new() }
+    }
+}
+
 /// Response on `/aios/register/1.0.0`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RegisterResponse {

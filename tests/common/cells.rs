@@ -202,6 +202,14 @@ pub(crate) fn start_cells(lan: &mut netns::Lan, n: usize) -> (Vec<Cell>, Instant
     (cells, started, started.elapsed())
 }
 
+/// Waits until every cell in `cells` sees all the others alive and
+/// connected (see [`sees_all_alive`]); returns when it did.
+pub(crate) fn wait_converged(lan: &mut netns::Lan, cells: &[Cell], within: Duration) -> Instant {
+    let everyone: Vec<&Cell> = cells.iter().collect();
+    let what = format!("the {} cells to converge", cells.len());
+    wait_for(lan, &everyone, &what, within, |c, v| sees_all_alive(cells, c, v))
+}
+
 /// Whether `v` (a /peers answer of cell `me`) lists every other cell in
 /// `cells` as alive and connected under its own cell id.
 pub(crate) fn sees_all_alive(cells: &[Cell], me: &Cell, v: &Value) -> bool {

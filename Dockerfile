@@ -65,9 +65,10 @@ VOLUME ["/app/data"]
 # Numeric, so that runtimes can check it is not root without reading /etc/passwd.
 USER 10001:10001
 
-# 8000 HTTP API, 9091 Prometheus metrics, 8001 libp2p (TCP, and UDP for QUIC).
+# 8000 HTTP API, 9091 Prometheus metrics, 8001 libp2p (TCP, and UDP for QUIC),
+# 8002/udp liveness beats (without it, cells watch this one by TCP probes).
 # mDNS (UDP 5353) needs host networking anyway; see docker-compose.yml.
-EXPOSE 8000 9091 8001/tcp 8001/udp
+EXPOSE 8000 9091 8001/tcp 8001/udp 8002/udp
 
 # The binary is its own health client (no curl in the image). It exits
 # non-zero when the API does not answer 200. If you move the API with

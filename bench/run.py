@@ -184,7 +184,8 @@ def run(argv, timeout=15, check=True):
 
 class Lab:
     """N host namespaces, each with eth0 on a bridge in a hub namespace.
-    IPv6 stays on (link-local): Serf's mDNS needs it."""
+    IPv6 stays on (link-local): Serf's mDNS needs it; router solicitations
+    are off (see `create`)."""
 
     def __init__(self, n, prefix, a, b):
         self.n = n
@@ -220,6 +221,13 @@ class Lab:
             ns = self.ns(i)
             REAPER.ns(ns)
             run(["ip", "netns", "add", ns])
+            # No IPv6 router solicitations: with no router on the bridge a
+            # fresh interface sends them for minutes, and every host hears
+            # every one (~50-90 B/s per host at 20 hosts), which is neither
+            # system's traffic. Link-local IPv6 stays (Serf's mDNS needs it).
+            run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w",
+                 "net.ipv6.conf.all.router_solicitations=0",
+                 "net.ipv6.conf.default.router_solicitations=0"])
             run(["ip", "link", "add", self.veth(i), "netns", self.hub, "type", "veth",
                  "peer", "name", "eth0", "netns", ns, "address", self.mac(i)])
             run(["ip", "-n", self.hub, "link", "set", self.veth(i), "master", "br0",

@@ -110,7 +110,9 @@ pub struct Tuning {
     /// (anti-entropy: repairs anything gossip missed).
     pub heartbeat_secs: u64,
     /// Ping every connection this often, for its round-trip time (`rtt_ms`).
-    /// Liveness does not depend on it: probes do that.
+    /// Liveness does not depend on it (probes do that), except for cells
+    /// that do not speak the probe protocol. A ping costs ~320 bytes a
+    /// connection each way: at 60 s that was ~200 B/s per cell at 20 cells.
     pub ping_interval_ms: u64,
     /// How long a ping may take before libp2p reports it failed.
     pub ping_timeout_ms: u64,
@@ -119,8 +121,18 @@ pub struct Tuning {
     /// …and suspect it when the echo takes longer than this; every cell then
     /// checks it with a probe of the same timeout, and fails it if silent.
     pub probe_timeout_ms: u64,
-    /// mDNS asks the LAN this often (libp2p's default, 5 minutes: each
-    /// query makes every cell answer, N² datagrams a round across the LAN).
+    /// Watch the ring successor by UDP beats (one 17-byte datagram a probe
+    /// interval, sent by the watched cell) rather than TCP probes; a cell
+    /// whose beats do not arrive is probed over TCP all the same.
+    pub beats: bool,
+    /// UDP port beats arrive on (told to the watched cell over the libp2p
+    /// connection). Unset: the libp2p port + 1 (8002), or a free one when
+    /// that is taken or the libp2p port is 0; 0 picks a free one.
+    pub beat_port: Option<u16>,
+    /// mDNS asks the LAN this often, after libp2p's first queries (0.5 s,
+    /// doubling). Each query makes every cell answer to the whole LAN (~8 KB
+    /// per 20 cells); a new cell's own queries are what finds it, so the
+    /// periodic ones only heal long partitions.
     pub mdns_query_interval_secs: u64,
     /// How long an HTTP action waits for the swarm before answering 504.
     pub command_timeout_ms: u64,
@@ -134,11 +146,13 @@ impl Default for Tuning {
     fn default() -> Self {
         Self {
             heartbeat_secs: 30,
-            ping_interval_ms: 60_000,
+            ping_interval_ms: 300_000,
             ping_timeout_ms: 20_000,
             probe_interval_ms: 1000,
             probe_timeout_ms: 400,
-            mdns_query_interval_secs: 300,
+            beats: true,
+            beat_port: None,
+            mdns_query_interval_secs: 900,
             command_timeout_ms: 5000,
             rate_limit_per_second: 10,
             rate_limit_burst: 20,

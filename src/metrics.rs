@@ -93,6 +93,8 @@ pub struct CellMetrics {
     pub registrations: Family<RegistrationLabels, Counter>,
     pub probes: Family<ProbeLabels, Counter>,
     pub suspects_sent: Counter,
+    pub beats_received: Counter,
+    pub view_syncs: Counter,
     pub dropped_notifications: Counter,
     pub rejected_commands: Counter,
     pub http_requests: Family<HttpLabels, Counter>,
@@ -113,6 +115,8 @@ impl CellMetrics {
             registrations: Family::default(),
             probes: Family::default(),
             suspects_sent: Counter::default(),
+            beats_received: Counter::default(),
+            view_syncs: Counter::default(),
             dropped_notifications: Counter::default(),
             rejected_commands: Counter::default(),
             http_requests: Family::default(),
@@ -161,6 +165,16 @@ impl CellMetrics {
             "aios_suspects_sent",
             "Cells this cell's watch probe found silent (each sent a suspect notice to every cell)",
             m.suspects_sent.clone(),
+        );
+        registry.register(
+            "aios_beats_received",
+            "Valid UDP beats received from the watched cell (its heartbeat, one per probe interval)",
+            m.beats_received.clone(),
+        );
+        registry.register(
+            "aios_view_syncs",
+            "Record exchanges started because the watched cell's beats showed a different view",
+            m.view_syncs.clone(),
         );
         registry.register(
             "aios_dropped_notifications",

@@ -519,3 +519,79 @@ async fn a_plain_libp2p_node_can_probe_a_cell_and_is_not_failed_for_not_probing_
     driver.abort();
     a.cell.shutdown().await;
 }
+
+/// Liveness by UDP beats: of three cells in a ring, two beat and one has
+/// beats off (an older cell, or UDP blocked). The cell watching a beating
+/// cell gets its beats; the one watching the cell without beats falls back
+/// to TCP probes; nobody is failed, and a level set on one cell reaches
+/// the others with no view left different for long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cells_watch_by_udp_beats_and_probe_a_cell_without_them() {
+    async fn start_with(name: &str, peers: Vec<PeerAddr>, beats: bool) -> Node {
+        init_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::loopback(name, dir.path().to_path_buf());
+        config.peers = peers;
+        config.tuning.beats = beats;
+        let cell = Cell::start(config).await.unwrap();
+        let api = format!("http://{}", cell.http_addr());
+        Node { cell, api, _dir: dir }
+    }
+    async fn metric(n: &Node, series: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", n.cell.metrics_addr()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()))
+            .unwrap_or(0.0)
+    }
+    let a = start_with("beat-a", vec![], true).await;
+    let to_a: Vec<PeerAddr> =
+        vec![format!("/ip4/127.0.0.1/tcp/{}", p2p_port(&a).await).parse().unwrap()];
+    let b = start_with("beat-b", to_a.clone(), true).await;
+    let c = start_with("no-beats", to_a, false).await;
+    let ids: Vec<String> = [&a, &b, &c].iter().map(|n| n.cell.peer_id().to_base58()).collect();
+    for n in [&a, &b, &c] {
+        wait_for(n, "all three alive", Duration::from_secs(10), |v| {
+            ids.iter()
+                .filter(|id| **id != n.cell.peer_id().to_base58())
+                .all(|id| state_of(v, id).as_deref() == Some("alive"))
+        })
+        .await;
+    }
+    // Any two cells of a ring of three are neighbours: one of a, b watches
+    // the other by its beats, one beat per second.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let beats = metric(&a, "aios_beats_received_total").await
+        + metric(&b, "aios_beats_received_total").await;
+    assert!(beats >= 2.0, "beats received by a and b: {beats}");
+    assert_eq!(metric(&c, "aios_beats_received_total").await, 0.0);
+    // The cell without beats is watched by probes, and answers them.
+    let answered = r#"aios_probes_total{purpose="watch",outcome="answered"}"#;
+    let probes = metric(&a, answered).await + metric(&b, answered).await;
+    assert!(probes >= 2.0, "watch probes answered for a and b: {probes}");
+    // Nobody was failed (on a loaded host a late beat may be suspected;
+    // the checks that follow clear it).
+    for n in [&a, &b, &c] {
+        let peers = get(&format!("{}/peers", n.api)).await;
+        for id in ids.iter().filter(|id| **id != n.cell.peer_id().to_base58()) {
+            assert_eq!(state_of(&peers, id).as_deref(), Some("alive"), "{peers:#}");
+        }
+    }
+    // A level set on the cell without beats reaches both.
+    let (status, _) =
+        post(&format!("{}/sync-consciousness", c.api), serde_json::json!({"level": 3.25})).await;
+    assert_eq!(status, 200);
+    for n in [&a, &b] {
+        wait_for(n, "the level from the cell without beats", Duration::from_secs(5), |v| {
+            peer(v, &ids[2]).is_some_and(|p| p["consciousness_level"] == 3.25)
+        })
+        .await;
+    }
+    for n in [c, b, a] {
+        n.cell.shutdown().await;
+    }
+}

@@ -3,8 +3,8 @@
 <#
 .SYNOPSIS
     Opens Windows Firewall for an aios-cell: TCP 8000 (HTTP API), TCP 9091
-    (metrics), TCP 8001 (libp2p), UDP 8001 (libp2p QUIC) and UDP 5353 (mDNS),
-    inbound.
+    (metrics), TCP 8001 (libp2p), UDP 8001 (libp2p QUIC), UDP 8002 (liveness
+    beats) and UDP 5353 (mDNS), inbound.
 
 .DESCRIPTION
     Idempotent: each rule has a fixed name (AIOS-Cell-*), so running the
@@ -64,6 +64,7 @@ $rules = @(
     @{ Name = 'AIOS-Cell-Metrics-TCP-9091'; Protocol = 'TCP'; Port = 9091; What = 'Prometheus metrics' },
     @{ Name = 'AIOS-Cell-libp2p-TCP-8001';  Protocol = 'TCP'; Port = 8001; What = 'libp2p (TCP)' },
     @{ Name = 'AIOS-Cell-libp2p-UDP-8001';  Protocol = 'UDP'; Port = 8001; What = 'libp2p (QUIC)' },
+    @{ Name = 'AIOS-Cell-beats-UDP-8002';   Protocol = 'UDP'; Port = 8002; What = 'liveness beats' },
     @{ Name = 'AIOS-Cell-mDNS-UDP-5353';    Protocol = 'UDP'; Port = 5353; What = 'mDNS discovery' }
 )
 

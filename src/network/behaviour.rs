@@ -102,6 +102,10 @@ fn peer_score_params() -> gossipsub::PeerScoreParams {
     params
 }
 
+/// How often identify asks a connected cell again (listen addresses are
+/// pushed when they change).
+const IDENTIFY_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// The agent string cells announce through identify.
 pub fn agent_version() -> String {
     format!("aios-cell/{}", env!("CARGO_PKG_VERSION"))
@@ -117,7 +121,11 @@ fn kademlia(peer_id: libp2p::PeerId) -> kad::Behaviour<kad::store::MemoryStore> 
         .set_provider_record_ttl(Some(PROVIDER_TTL))
         .set_provider_publication_interval(Some(PROVIDER_REPUBLISH))
         // A provider answer lists every cell of a big mesh with its addresses.
-        .set_max_packet_size(256 * 1024);
+        .set_max_packet_size(256 * 1024)
+        // Cells enter the routing table only when the event loop adds them
+        // (`feed_kad`): on one LAN the DHT finds nothing, and every entry
+        // below 20 would set off a bootstrap.
+        .set_kbucket_inserts(kad::BucketInserts::Manual);
     let store = kad::store::MemoryStore::with_config(
         peer_id,
         kad::store::MemoryStoreConfig {
@@ -210,7 +218,12 @@ fn behaviour(
     );
     let identify = identify::Behaviour::new(
         identify::Config::new(IDENTIFY_PROTOCOL.to_owned(), key.public())
-            .with_agent_version(agent_version()),
+            .with_agent_version(agent_version())
+            // New listen addresses are pushed when they change, so the
+            // periodic re-identify (libp2p's default: every 5 min, ~1.7 KB
+            // each way per connection) can be rare.
+            .with_push_listen_addr_updates(true)
+            .with_interval(IDENTIFY_INTERVAL),
     );
     let ping = ping::Behaviour::new(
         ping::Config::new()

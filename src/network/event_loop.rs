@@ -21,6 +21,7 @@ use libp2p::{autonat, dcutr, identify, kad, mdns, ping, relay, Multiaddr, PeerId
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::beat::{self, BeatCommand, BeatEvent, BeatShared};
 use super::behaviour::{agent_version, Behaviour, BehaviourEvent};
 use super::handle::{resolve, Command, CommandError, Handle, RegisterOutcome, SyncOutcome};
 use super::probe::{self, Outcome, ProbeRequest, ProbeResult, Purpose};
@@ -46,6 +47,16 @@ pub const EVENT_BUFFER: usize = 256;
 pub(crate) const COMMAND_CHANNEL: usize = 256;
 /// Probe requests and results waiting between the loop and the prober.
 const PROBE_CHANNEL: usize = 1024;
+/// Beat commands and events waiting between the loop and the beat task.
+const BEAT_CHANNEL: usize = 64;
+/// A watched cell whose beats have not started this long after we
+/// subscribed is probed over TCP instead (UDP does not get through).
+const FIRST_BEAT_WAIT: Duration = Duration::from_secs(3);
+/// A view that differs from the watched cell's for this long (gossip in
+/// flight settles sooner) is repaired by a `sync`…
+const VIEW_SETTLE: Duration = Duration::from_secs(2);
+/// …at most this often per cell.
+const VIEW_SYNC_GAP: Duration = Duration::from_secs(10);
 /// How often the loop reconciles: redials, prunes duplicate connections,
 /// publishes RTT changes.
 const TICK: Duration = Duration::from_millis(500);
@@ -104,6 +115,26 @@ const WANTED_RELAYS: usize = 2;
 const RELAY_RETRY: Duration = Duration::from_secs(30);
 /// How often a cell linked only over QUIC is offered a TCP link.
 const TCP_UPGRADE_RETRY: Duration = Duration::from_secs(10);
+
+/// How the watched cell (our ring successor) is watched.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum WatchMode {
+    /// TCP probes every interval (beats off, refused or not arriving).
+    Probe,
+    /// Subscribed to its beats, none yet: TCP probes meanwhile.
+    Awaiting { since: Instant },
+    /// Its beats arrive; the last one at `last`.
+    Beating { last: Instant },
+}
+
+/// What the beat task needs, held until `run` spawns it.
+struct BeatParts {
+    socket: std::net::UdpSocket,
+    commands: mpsc::Receiver<BeatCommand>,
+    events: mpsc::Sender<BeatEvent>,
+    view: watch::Receiver<u32>,
+    control: Control,
+}
 
 /// One connection to a peer.
 struct Conn {
@@ -208,8 +239,24 @@ pub struct EventLoop {
     prober_parts: Option<(mpsc::Receiver<ProbeRequest>, mpsc::Sender<ProbeResult>, Control)>,
     probe_interval: Duration,
     probe_timeout: Duration,
-    /// The ring successor probed last (logged when it changes).
+    /// The ring successor we watch, and how.
     watching: Option<PeerId>,
+    watch_mode: WatchMode,
+    /// UDP beats (see `beat.rs`): commands to the beat task and its
+    /// events; the task's parts until `run` spawns it (`None`: beats off).
+    beat_tx: mpsc::Sender<BeatCommand>,
+    beat_rx: mpsc::Receiver<BeatEvent>,
+    beat_parts: Option<BeatParts>,
+    beat_shared: BeatShared,
+    /// Our view's hash, for the beats we send.
+    view_tx: watch::Sender<u32>,
+    /// Cells whose beats do not reach us: watched by TCP probes.
+    no_beats: std::collections::HashSet<PeerId>,
+    /// Since when the watched cell's view differs from ours, when it last
+    /// agreed, and when a difference last made us sync.
+    view_differs_since: Option<Instant>,
+    view_agreed_at: Option<Instant>,
+    view_synced_at: HashMap<PeerId, Instant>,
     /// Connected cells failed for their silence, and since when: probed
     /// every interval until they answer (alive again) or
     /// [`SILENT_CLOSE_AFTER`] passes (then disconnected and redialed).
@@ -236,6 +283,8 @@ pub struct EventLoop {
     handshake_warned: std::collections::HashSet<String>,
     /// The peer of the last anti-entropy exchange (round-robin cursor).
     last_exchange: Option<PeerId>,
+    /// Cells' addresses for Kademlia, held until the DHT is of use.
+    kad_waiting: HashMap<PeerId, Vec<Multiaddr>>,
     /// Next Kademlia discovery round and the current backoff.
     kad_next: Instant,
     kad_backoff: Duration,
@@ -379,6 +428,22 @@ impl EventLoop {
         let control = swarm.behaviour().stream.new_control();
         let (probe_tx, probe_requests) = mpsc::channel(PROBE_CHANNEL);
         let (probe_results, probe_rx) = mpsc::channel(PROBE_CHANNEL);
+        let (beat_tx, beat_commands) = mpsc::channel(BEAT_CHANNEL);
+        let (beat_events, beat_rx) = mpsc::channel(BEAT_CHANNEL);
+        let (view_tx, view_rx) = watch::channel(0u32);
+        let beat_parts = if config.tuning.beats {
+            bind_beat_socket(config.p2p_ip, config.p2p_port, config.tuning.beat_port).map(
+                |socket| BeatParts {
+                    socket,
+                    commands: beat_commands,
+                    events: beat_events,
+                    view: view_rx,
+                    control: control.clone(),
+                },
+            )
+        } else {
+            None
+        };
         Ok((
             EventLoop {
                 swarm,
@@ -415,6 +480,16 @@ impl EventLoop {
                 probe_interval: config.tuning.probe_interval(),
                 probe_timeout: config.tuning.probe_timeout(),
                 watching: None,
+                watch_mode: WatchMode::Probe,
+                beat_tx,
+                beat_rx,
+                beat_parts,
+                beat_shared: BeatShared::default(),
+                view_tx,
+                no_beats: Default::default(),
+                view_differs_since: None,
+                view_agreed_at: None,
+                view_synced_at: HashMap::new(),
                 silent_since: HashMap::new(),
                 recent_silent: Vec::new(),
                 no_probe: Default::default(),
@@ -427,6 +502,7 @@ impl EventLoop {
                 last_exchange: None,
                 kad_next: now,
                 kad_backoff: KAD_ROUND_MIN,
+                kad_waiting: HashMap::new(),
                 reachability: "unknown",
                 hop_peers: Default::default(),
                 relay_listeners: HashMap::new(),
@@ -462,6 +538,25 @@ impl EventLoop {
             tokio::spawn(probe::run_prober(control.clone(), requests, results, probes.clone()));
             tokio::spawn(probe::run_echo(control, probes.clone()));
         }
+        if let Some(parts) = self.beat_parts.take() {
+            match tokio::net::UdpSocket::from_std(parts.socket) {
+                Ok(socket) => {
+                    tokio::spawn(beat::run_beats(
+                        parts.control,
+                        socket,
+                        self.beat_shared.clone(),
+                        parts.view,
+                        self.probe_interval,
+                        parts.commands,
+                        parts.events,
+                        probes.clone(),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot use the beat socket; watching by TCP probes")
+                }
+            }
+        }
         for (peer, addrs) in std::mem::take(&mut self.rejoin) {
             self.dial_peer(peer, addrs, FoundBy::Rejoin);
         }
@@ -489,15 +584,19 @@ impl EventLoop {
                 _ = tick.tick() => self.on_tick(),
                 _ = probe_tick.tick() => self.probe_round(),
                 Some(result) = self.probe_rx.recv() => self.on_probe(result),
+                Some(event) = self.beat_rx.recv() => self.on_beat(event),
                 // The heartbeat is anti-entropy only: one record exchange,
-                // under a new `seq` (so a clone of this cell started later
-                // sees records of ours newer than its own start). Records
-                // go on gossip only when they change: republishing every
-                // cell's record each 30 s cost each cell ~7 KB/s at 20
-                // cells (gossipsub's mesh copies and IHAVE rounds).
+                // unless the watched cell's beats showed that our views
+                // agree (they compare every second; a difference is synced
+                // as it shows, see `on_beat`). Records go on gossip only
+                // when they change: republishing every cell's record each
+                // 30 s cost each cell ~7 KB/s at 20 cells (gossipsub's mesh
+                // copies and IHAVE rounds).
                 _ = heartbeat.tick() => {
-                    self.local.bump();
-                    self.exchange_with_next();
+                    let agreed = self.view_agreed_at.is_some_and(|t| t.elapsed() < self.heartbeat);
+                    if !agreed {
+                        self.exchange_with_next();
+                    }
                 }
             }
             // Swarm events come in bursts (a cell joining brings its
@@ -878,6 +977,10 @@ impl EventLoop {
             tracing::error!("{reason}");
             self.degraded = Some(reason);
             self.dirty = true;
+            // A record of ours newer than the clone's start: the clone
+            // (which ignores our records from before it started) learns of
+            // us too.
+            self.publish_own("a clone of this cell");
         }
     }
 
@@ -993,6 +1096,7 @@ impl EventLoop {
         }
         self.prefer_tcp(now);
         if now >= self.kad_next && self.dht_useful() {
+            self.feed_kad();
             self.kad_round();
             self.kad_next = now + self.kad_backoff;
             self.kad_backoff = (self.kad_backoff * 2).min(KAD_ROUND_MAX);
@@ -1086,12 +1190,45 @@ impl EventLoop {
             .copied()
             .collect();
         let next = probe::successor(self.local_peer, members);
+        let now = Instant::now();
+        self.view_tx.send_replace(self.view_hash());
         if next != self.watching {
             tracing::debug!(peer = ?next.map(|p| p.to_base58()), "watching the next cell in the ring");
             self.watching = next;
+            self.view_differs_since = None;
+            self.view_agreed_at = None;
+            self.watch_mode = match next {
+                Some(p) if self.beats_on() && !self.no_beats.contains(&p) => {
+                    self.beat_command(BeatCommand::Watch(p));
+                    WatchMode::Awaiting { since: now }
+                }
+                _ => {
+                    if self.beats_on() {
+                        self.beat_command(BeatCommand::Unwatch);
+                    }
+                    WatchMode::Probe
+                }
+            };
         }
         if let Some(peer) = next {
-            self.probe(peer, Purpose::Watch);
+            match self.watch_mode {
+                WatchMode::Probe => self.probe(peer, Purpose::Watch),
+                WatchMode::Awaiting { since } => {
+                    // Until its first beat comes, probe it as before.
+                    self.probe(peer, Purpose::Watch);
+                    if now.duration_since(since) > FIRST_BEAT_WAIT {
+                        tracing::info!(%peer, "no UDP beats arrive from this cell (a firewall or NAT on the way?); watching it by TCP probes");
+                        self.beats_fail(peer);
+                    }
+                }
+                WatchMode::Beating { last } => {
+                    if now.duration_since(last) > self.probe_interval + self.probe_wait() {
+                        // One suspicion per missed interval, as with probes.
+                        self.watch_mode = WatchMode::Beating { last: now };
+                        self.suspect(peer);
+                    }
+                }
+            }
         }
         let silent: Vec<PeerId> =
             self.silent_since.keys().filter(|p| self.conns.contains_key(p)).copied().collect();
@@ -1100,11 +1237,97 @@ impl EventLoop {
         }
     }
 
+    fn beats_on(&self) -> bool {
+        !self.beat_tx.is_closed()
+    }
+
+    fn beat_command(&mut self, cmd: BeatCommand) {
+        if self.beat_tx.try_send(cmd).is_err() {
+            tracing::debug!("beat task busy or gone; watching by TCP probes");
+            self.watch_mode = WatchMode::Probe;
+        }
+    }
+
+    /// Beats from `peer` do not come: watch it by TCP probes from now on.
+    fn beats_fail(&mut self, peer: PeerId) {
+        self.no_beats.insert(peer);
+        if self.watching == Some(peer) {
+            self.watch_mode = WatchMode::Probe;
+            self.beat_command(BeatCommand::Unwatch);
+        }
+    }
+
+    /// The hash of our view (every record we hold at its `seq`, ours
+    /// included) that beats carry.
+    fn view_hash(&self) -> u32 {
+        beat::view_hash(
+            self.mesh.digest().chain(std::iter::once((self.local_peer, self.local.seq))),
+        )
+    }
+
+    fn on_beat(&mut self, event: BeatEvent) {
+        match event {
+            BeatEvent::Beat { peer, at, view } => {
+                if self.watching != Some(peer) || self.watch_mode == WatchMode::Probe {
+                    return;
+                }
+                self.metrics.beats_received.inc();
+                self.watch_mode = WatchMode::Beating { last: at };
+                if view == self.view_hash() {
+                    self.view_differs_since = None;
+                    self.view_agreed_at = Some(at);
+                    return;
+                }
+                let since = *self.view_differs_since.get_or_insert(at);
+                let synced = self.view_synced_at.get(&peer);
+                if at.duration_since(since) >= VIEW_SETTLE
+                    && synced.is_none_or(|t| at.duration_since(*t) >= VIEW_SYNC_GAP)
+                {
+                    tracing::debug!(%peer, "its view differs from ours; syncing");
+                    self.metrics.view_syncs.inc();
+                    self.view_synced_at.insert(peer, at);
+                    self.send_sync(peer);
+                }
+            }
+            BeatEvent::Subscribed { peer, accepted } => {
+                if !accepted {
+                    tracing::debug!(%peer, "no beats from this cell; watching it by TCP probes");
+                    self.beats_fail(peer);
+                }
+            }
+            BeatEvent::Ended { peer } => {
+                if self.watching == Some(peer) && self.watch_mode != WatchMode::Probe {
+                    tracing::debug!(%peer, "its beats ended; watching it by TCP probes");
+                    self.watch_mode = WatchMode::Probe;
+                }
+            }
+        }
+    }
+
+    /// Where beats for `peer` go: the IP of a direct connection to it.
+    fn update_beat_ip(&self, peer: PeerId) {
+        let ip = self
+            .conns
+            .get(&peer)
+            .and_then(|c| c.iter().filter(|c| !c.relayed).find_map(|c| ip_of(&c.addr)));
+        self.beat_shared.set_ip(peer, ip);
+    }
+
     fn on_probe(&mut self, r: ProbeResult) {
         let labels = ProbeLabels { purpose: r.purpose.as_str(), outcome: r.outcome.as_str() };
         self.metrics.probes.get_or_create(&labels).inc();
         match r.outcome {
             Outcome::Answered(rtt) => {
+                // It answers probes but its beats stopped: UDP no longer
+                // gets through. Probe it instead of suspecting it again.
+                if let WatchMode::Beating { last } = self.watch_mode {
+                    if self.watching == Some(r.peer)
+                        && last.elapsed() > self.probe_interval + self.probe_wait()
+                    {
+                        tracing::info!(peer = %r.peer, "its UDP beats stopped but it answers probes; watching it by TCP probes");
+                        self.beats_fail(r.peer);
+                    }
+                }
                 self.silent_since.remove(&r.peer);
                 let t = self.mesh.rtt(r.peer, rtt);
                 if t.is_some() {
@@ -1339,6 +1562,7 @@ impl EventLoop {
                     quic: is_quic(endpoint.get_remote_address()),
                     addr: endpoint.get_remote_address().clone(),
                 });
+                self.update_beat_ip(peer_id);
                 // A new connection proves the cell is there.
                 self.silent_since.remove(&peer_id);
                 self.yield_until.remove(&peer_id);
@@ -1374,6 +1598,7 @@ impl EventLoop {
                     }
                 }
                 self.conn_started.remove(&connection_id);
+                self.update_beat_ip(peer_id);
                 if num_established == 0 {
                     self.nat_peers.remove(&peer_id);
                     self.tcp_tried.remove(&peer_id);
@@ -1383,6 +1608,9 @@ impl EventLoop {
                     self.silent_since.remove(&peer_id);
                     self.no_probe.remove(&peer_id);
                     self.exchanged.remove(&peer_id);
+                    self.kad_waiting.remove(&peer_id);
+                    self.no_beats.remove(&peer_id);
+                    self.view_synced_at.remove(&peer_id);
                     tracing::debug!(peer = %peer_id, cause = ?cause, "last connection closed");
                     let t = self.mesh.disconnected(peer_id);
                     self.transition(t);
@@ -1522,8 +1750,29 @@ impl EventLoop {
         // TCP when the cell has it, as for every dial (a crash closes a TCP
         // connection at once; QUIC waits for its idle timeout).
         let tcp = usable.iter().any(is_tcp);
-        for addr in usable.into_iter().filter(|a| !tcp || is_tcp(a)) {
-            self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+        let addrs: Vec<Multiaddr> = usable.into_iter().filter(|a| !tcp || is_tcp(a)).collect();
+        self.kad_waiting.insert(peer, addrs);
+        self.feed_kad();
+    }
+
+    /// Hands Kademlia the cells identify told us of, once the DHT is of use
+    /// (see `dht_useful`). Until then a cell's routing table stays empty:
+    /// libp2p-kad bootstraps whenever a peer joins a table of fewer than 20,
+    /// and every 5 minutes, and on one LAN such a bootstrap (a lookup per
+    /// bucket, each answered with up to 20 addresses by every cell) cost
+    /// each cell ~640 KB at 20 cells, for nothing mDNS and the record
+    /// exchange do not already give.
+    fn feed_kad(&mut self) {
+        if self.kad_waiting.is_empty() || !self.dht_useful() {
+            return;
+        }
+        for (peer, addrs) in std::mem::take(&mut self.kad_waiting) {
+            if !self.swarm.is_connected(&peer) {
+                continue;
+            }
+            for addr in addrs {
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+            }
         }
     }
 
@@ -1954,7 +2203,30 @@ impl EventLoop {
                     .take(MAX_KNOWN_RECORDS)
                     .map(|(p, record)| KnownCell { peer_id: p.to_base58(), record })
                     .collect();
+                // The requester holds something we lack (a newer record, or
+                // one under our own key: a clone): ask it back, so that one
+                // exchange repairs both views.
+                let ours: HashMap<PeerId, u64> = self.mesh.digest().collect();
+                let lacking = request.digest.iter().take(MAX_KNOWN_RECORDS).any(|d| {
+                    d.peer_id.parse::<PeerId>().is_ok_and(|p| {
+                        if p == self.local_peer {
+                            d.seq > self.local.seq
+                        } else {
+                            p != peer && ours.get(&p).is_none_or(|s| d.seq > *s)
+                        }
+                    })
+                });
                 self.merge_and_answer(peer, &request, known, channel);
+                let now = Instant::now();
+                if lacking
+                    && self
+                        .view_synced_at
+                        .get(&peer)
+                        .is_none_or(|t| now.duration_since(*t) >= VIEW_SYNC_GAP)
+                {
+                    self.view_synced_at.insert(peer, now);
+                    self.send_sync(peer);
+                }
             }
             RequestKind::Leave => {
                 let mut record = request.record;
@@ -2079,6 +2351,42 @@ fn dial_addrs(addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
         addrs.into_iter().filter(is_tcp).collect()
     } else {
         addrs
+    }
+}
+
+/// The UDP socket beats arrive on (and leave from): `port` when set, else
+/// the libp2p port + 1, falling back to a free port when that is taken (two
+/// cells on one host). `None` (TCP probes only) when none can be bound.
+fn bind_beat_socket(
+    ip: std::net::IpAddr,
+    p2p_port: u16,
+    port: Option<u16>,
+) -> Option<std::net::UdpSocket> {
+    let bind = |port: u16| {
+        std::net::UdpSocket::bind((ip, port)).and_then(|s| {
+            s.set_nonblocking(true)?;
+            Ok(s)
+        })
+    };
+    let bound = match port {
+        Some(port) => bind(port),
+        None if p2p_port == 0 || p2p_port == u16::MAX => bind(0),
+        None => bind(p2p_port + 1).or_else(|e| {
+            tracing::info!(port = p2p_port + 1, error = %e, "beat port taken; using a free one");
+            bind(0)
+        }),
+    };
+    match bound {
+        Ok(s) => {
+            if let Ok(a) = s.local_addr() {
+                tracing::info!(addr = %a, "UDP beats on");
+            }
+            Some(s)
+        }
+        Err(e) => {
+            tracing::warn!(%ip, ?port, error = %e, "cannot bind the UDP beat socket; watching cells by TCP probes");
+            None
+        }
     }
 }
 

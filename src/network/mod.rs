@@ -1,6 +1,7 @@
 //! The libp2p side of a cell: the swarm's behaviour, the event loop that
 //! owns it, the cloneable [`Handle`] everything else uses, and the wire types.
 
+pub mod beat;
 pub mod behaviour;
 mod event_loop;
 pub mod handle;

@@ -1004,6 +1004,9 @@ class Suite:
                       f"median {seen[len(seen) // 2]}, max {seen[-1]} of {len(seen) - 1}")
             return False
         v = max(times.values()) - t0
+        each = sorted(t - t0 for t in times.values())
+        log(f"{self.s.name} N={self.lab.n}: hosts converged from {fmt_dur(each[0])} "
+            f"(median {fmt_dur(each[len(each) // 2])}) to {fmt_dur(each[-1])}")
         self.figs["conv"] = Fig(v, fmt_dur(v))
         if bounded:
             self.note(f"convergence of hosts {bounded} is an upper bound "

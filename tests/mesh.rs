@@ -595,3 +595,77 @@ async fn cells_watch_by_udp_beats_and_probe_a_cell_without_them() {
         n.cell.shutdown().await;
     }
 }
+
+/// A peer that closes a probe stream after answering once (as a cell does
+/// with a stream idle for 30 s): the next probe must not go unanswered on
+/// the dead stream. The cell opens another and gets its echo, so the peer
+/// is never suspected for it.
+#[tokio::test]
+async fn a_probe_stream_the_peer_closed_is_replaced_not_counted_as_silence() {
+    use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+    use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
+
+    let a = start("reprobe", vec![]).await;
+    let port = p2p_port(&a).await;
+    let cell: PeerId = a.cell.handle().snapshot().local.peer_id.parse().unwrap();
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    let mut incoming =
+        swarm.behaviour().new_control().accept(StreamProtocol::new("/aios/probe/1.0.0")).unwrap();
+    let echoes = tokio::spawn(async move {
+        let mut answered = 0u32;
+        while let Some((_, mut s)) = incoming.next().await {
+            let mut buf = [0u8; 8];
+            if s.read_exact(&mut buf).await.is_ok() && s.write_all(&buf).await.is_ok() {
+                let _ = s.flush().await;
+                answered += 1;
+            }
+            // One echo per stream, then the stream is closed.
+            let _ = s.close().await;
+            if answered >= 5 {
+                return answered;
+            }
+        }
+        answered
+    });
+    let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{cell}").parse().unwrap();
+    swarm.dial(addr).unwrap();
+    let driver = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    // The node is the cell's only peer and has no beats: the cell probes it
+    // once a second, each probe on a new stream after the first.
+    let answered = tokio::time::timeout(Duration::from_secs(15), echoes)
+        .await
+        .expect("five probes within 15 s")
+        .unwrap();
+    assert_eq!(answered, 5);
+    let metrics = reqwest::get(format!("http://{}/metrics", a.cell.metrics_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()))
+            .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{metrics}"))
+    };
+    // Before the fix every probe on a closed stream counted as silence
+    // (and sent a suspect notice): two of five here. One is allowed for a
+    // loaded test host; a probe waits 400 ms.
+    let silent = value(r#"aios_probes_total{purpose="watch",outcome="silent"}"#);
+    assert!(silent <= 1.0, "watch probes counted silent: {silent}\n{metrics}");
+    assert!(value(r#"aios_probes_total{purpose="watch",outcome="answered"}"#) >= 4.0);
+    driver.abort();
+    a.cell.shutdown().await;
+}

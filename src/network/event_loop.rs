@@ -250,6 +250,10 @@ pub struct EventLoop {
     beat_shared: BeatShared,
     /// Our view's hash, for the beats we send.
     view_tx: watch::Sender<u32>,
+    /// When the watched cell's next beat is overdue (its last beat plus the
+    /// interval plus the probe wait): it is suspected then, to the
+    /// millisecond, not at the next probe round.
+    beat_deadline: Option<tokio::time::Instant>,
     /// Cells whose beats do not reach us: watched by TCP probes.
     no_beats: std::collections::HashSet<PeerId>,
     /// Since when the watched cell's view differs from ours, when it last
@@ -487,6 +491,7 @@ impl EventLoop {
                 beat_shared: BeatShared::default(),
                 view_tx,
                 no_beats: Default::default(),
+                beat_deadline: None,
                 view_differs_since: None,
                 view_agreed_at: None,
                 view_synced_at: HashMap::new(),
@@ -569,6 +574,7 @@ impl EventLoop {
         };
         loop {
             let due = self.snapshot_due;
+            let beat_due = self.beat_deadline;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(change) = next_interface_change(&mut interfaces) => self.on_interface(change),
@@ -585,6 +591,7 @@ impl EventLoop {
                 _ = probe_tick.tick() => self.probe_round(),
                 Some(result) = self.probe_rx.recv() => self.on_probe(result),
                 Some(event) = self.beat_rx.recv() => self.on_beat(event),
+                _ = sleep_until(beat_due) => self.beat_overdue(),
                 // The heartbeat is anti-entropy only: one record exchange,
                 // unless the watched cell's beats showed that our views
                 // agree (they compare every second; a difference is synced
@@ -1016,6 +1023,21 @@ impl EventLoop {
         }
     }
 
+    /// Cells we believe alive (from mDNS or another cell's records) but are
+    /// not connected to: dial them (those `may_dial` lets us).
+    fn dial_known(&mut self, now: Instant) {
+        let nets = &self.local_nets;
+        let candidates: Vec<_> =
+            self.mesh.unconnected_alive(HEARSAY_DIAL_AFTER, |a| near(nets, a)).collect();
+        for (peer, addrs) in candidates {
+            if !self.may_dial(peer, now) {
+                continue;
+            }
+            let origin = self.mesh.get(&peer).map(|e| e.found_by).unwrap_or(FoundBy::Gossip);
+            self.dial_peer(peer, addrs, origin);
+        }
+    }
+
     fn on_tick(&mut self) {
         let now = Instant::now();
         // Our own loop ran late: the host is busy, so replies are too.
@@ -1030,18 +1052,7 @@ impl EventLoop {
                 "this cell runs late: waiting longer for probes"
             );
         }
-        // Cells we believe alive (from mDNS or another cell's records) but are
-        // not connected to: dial them.
-        let nets = &self.local_nets;
-        let candidates: Vec<_> =
-            self.mesh.unconnected_alive(HEARSAY_DIAL_AFTER, |a| near(nets, a)).collect();
-        for (peer, addrs) in candidates {
-            if !self.may_dial(peer, now) {
-                continue;
-            }
-            let origin = self.mesh.get(&peer).map(|e| e.found_by).unwrap_or(FoundBy::Gossip);
-            self.dial_peer(peer, addrs, origin);
-        }
+        self.dial_known(now);
         // Failed cells: redial with backoff for a while (heals partitions).
         let failed: Vec<PeerId> = self.mesh.failed().collect();
         for peer in failed {
@@ -1197,6 +1208,7 @@ impl EventLoop {
             self.watching = next;
             self.view_differs_since = None;
             self.view_agreed_at = None;
+            self.beat_deadline = None;
             self.watch_mode = match next {
                 Some(p) if self.beats_on() && !self.no_beats.contains(&p) => {
                     self.beat_command(BeatCommand::Watch(p));
@@ -1221,13 +1233,8 @@ impl EventLoop {
                         self.beats_fail(peer);
                     }
                 }
-                WatchMode::Beating { last } => {
-                    if now.duration_since(last) > self.probe_interval + self.probe_wait() {
-                        // One suspicion per missed interval, as with probes.
-                        self.watch_mode = WatchMode::Beating { last: now };
-                        self.suspect(peer);
-                    }
-                }
+                // Watched by its beats' deadline (`beat_overdue`).
+                WatchMode::Beating { .. } => {}
             }
         }
         let silent: Vec<PeerId> =
@@ -1245,6 +1252,7 @@ impl EventLoop {
         if self.beat_tx.try_send(cmd).is_err() {
             tracing::debug!("beat task busy or gone; watching by TCP probes");
             self.watch_mode = WatchMode::Probe;
+            self.beat_deadline = None;
         }
     }
 
@@ -1253,6 +1261,7 @@ impl EventLoop {
         self.no_beats.insert(peer);
         if self.watching == Some(peer) {
             self.watch_mode = WatchMode::Probe;
+            self.beat_deadline = None;
             self.beat_command(BeatCommand::Unwatch);
         }
     }
@@ -1265,6 +1274,22 @@ impl EventLoop {
         )
     }
 
+    /// The watched cell's beat is overdue: suspect it, as an unanswered
+    /// probe would, and give it another interval before suspecting again.
+    fn beat_overdue(&mut self) {
+        let now = tokio::time::Instant::now();
+        self.beat_deadline = Some(now + self.probe_interval + self.probe_wait());
+        match (self.watching, self.watch_mode) {
+            (Some(peer), WatchMode::Beating { .. })
+                if self.conns.contains_key(&peer)
+                    && self.mesh.state_of(&peer) == Some(PeerState::Alive) =>
+            {
+                self.suspect(peer);
+            }
+            _ => self.beat_deadline = None,
+        }
+    }
+
     fn on_beat(&mut self, event: BeatEvent) {
         match event {
             BeatEvent::Beat { peer, at, view } => {
@@ -1273,6 +1298,9 @@ impl EventLoop {
                 }
                 self.metrics.beats_received.inc();
                 self.watch_mode = WatchMode::Beating { last: at };
+                self.beat_deadline = Some(
+                    tokio::time::Instant::from_std(at) + self.probe_interval + self.probe_wait(),
+                );
                 if view == self.view_hash() {
                     self.view_differs_since = None;
                     self.view_agreed_at = Some(at);
@@ -1299,6 +1327,7 @@ impl EventLoop {
                 if self.watching == Some(peer) && self.watch_mode != WatchMode::Probe {
                     tracing::debug!(%peer, "its beats ended; watching it by TCP probes");
                     self.watch_mode = WatchMode::Probe;
+                    self.beat_deadline = None;
                 }
             }
         }
@@ -2074,6 +2103,12 @@ impl EventLoop {
             }
             n += 1;
             self.merge_record(p, &k.record, FoundBy::Gossip, false);
+        }
+        // Cells we just heard of are dialed now, not at the next tick: a
+        // cell that started after the others sent mDNS only a query, which
+        // tells nobody of it; its records are how the rest learn of it.
+        if n > 0 {
+            self.dial_known(Instant::now());
         }
         Ok(n)
     }

@@ -153,20 +153,21 @@ async fn probe_once(
     let started = Instant::now();
     let nonce: [u8; NONCE_LEN] = rand::random();
     let attempt = async {
-        let mut stream = match stream {
-            Some(s) => s,
-            None => control.open_stream(req.peer, PROBE_PROTOCOL).await?,
-        };
-        stream.write_all(&nonce).await?;
-        stream.flush().await?;
-        let mut echo = [0u8; NONCE_LEN];
-        // An echo of an earlier probe that timed out is skipped over.
-        loop {
-            stream.read_exact(&mut echo).await?;
-            if echo == nonce {
-                return Ok::<_, OpenStreamError>(stream);
+        // A kept stream the other side has since closed (it closes streams
+        // idle for `ECHO_IDLE`; a cell probed only now and then finds its
+        // stream gone) fails at once: that says nothing of the cell, so
+        // the probe goes again on a new stream.
+        if let Some(mut kept) = stream {
+            match exchange(&mut kept, &nonce).await {
+                Ok(()) => return Ok(kept),
+                Err(e) => {
+                    tracing::trace!(peer = %req.peer, error = %e, "kept probe stream closed; opening another")
+                }
             }
         }
+        let mut fresh = control.open_stream(req.peer, PROBE_PROTOCOL).await?;
+        exchange(&mut fresh, &nonce).await?;
+        Ok::<_, OpenStreamError>(fresh)
     };
     let (outcome, stream) = match tokio::time::timeout(req.timeout, attempt).await {
         Ok(Ok(s)) => (Outcome::Answered(started.elapsed()), Some(s)),
@@ -178,6 +179,20 @@ async fn probe_once(
         Err(_) => (Outcome::Silent, None),
     };
     (ProbeResult { peer: req.peer, purpose: req.purpose, outcome }, stream)
+}
+
+/// Writes `nonce` on `stream` and reads until its echo comes back (an echo
+/// of an earlier probe that timed out is skipped over).
+async fn exchange(stream: &mut Stream, nonce: &[u8; NONCE_LEN]) -> std::io::Result<()> {
+    stream.write_all(nonce).await?;
+    stream.flush().await?;
+    let mut echo = [0u8; NONCE_LEN];
+    loop {
+        stream.read_exact(&mut echo).await?;
+        if echo == *nonce {
+            return Ok(());
+        }
+    }
 }
 
 /// Answers probes: echoes every 8 bytes on each inbound probe stream, and

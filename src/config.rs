@@ -107,7 +107,8 @@ impl std::fmt::Display for PeerAddr {
 #[serde(default, deny_unknown_fields)]
 pub struct Tuning {
     /// A cell exchanges records with one connected cell this often
-    /// (anti-entropy: repairs anything gossip missed).
+    /// (anti-entropy: repairs anything gossip missed), unless the watched
+    /// cell's beats showed the same view meanwhile.
     pub heartbeat_secs: u64,
     /// Ping every connection this often, for its round-trip time (`rtt_ms`).
     /// Liveness does not depend on it (probes do that), except for cells

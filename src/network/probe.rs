@@ -1,12 +1,13 @@
 //! Liveness probes on `/aios/probe/1.0.0`, SWIM's idea over libp2p streams.
 //!
 //! A cell does not ping every connection every second (that costs each cell
-//! ~650 B/s per peer over TCP + Noise + Yamux). Instead it probes one cell,
-//! the next one in peer-id order (its ring successor), every
-//! `probe_interval`; when a probe goes unanswered it asks every connected
-//! cell to check that cell itself (a `suspect` notice on the register
-//! protocol), and each cell fails it only when its own probe goes
-//! unanswered too. See `docs/protocol.md`, "Liveness".
+//! ~650 B/s per peer over TCP + Noise + Yamux). It watches one cell, the
+//! next one in peer-id order (its ring successor): by that cell's UDP beats
+//! (`beat.rs`) where they get through, else by a probe every
+//! `probe_interval`. When a beat is overdue or a probe goes unanswered it
+//! asks every connected cell to check that cell itself (a `suspect` notice
+//! on the register protocol), and each cell fails it only when its own
+//! probe goes unanswered too. See `docs/protocol.md`, "Liveness".
 //!
 //! The wire format is as small as a probe can be: the prober writes 8
 //! random bytes on a stream it keeps open, the other side writes the same 8

@@ -128,7 +128,9 @@ pub enum RequestKind {
     Suspect,
     /// Anti-entropy: "here is me, and the `seq` of every record I hold (in
     /// `digest`): send me the records you hold that are newer or that I
-    /// lack." Sent every heartbeat to one connected cell in turn.
+    /// lack." Sent to the watched cell when its beats show a different view,
+    /// back to a requester that holds something we lack, and every heartbeat
+    /// to one connected cell in turn unless the views were seen to agree.
     Sync,
 }
 

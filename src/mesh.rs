@@ -334,6 +334,11 @@ impl MeshView {
         self.peers.iter().filter(|(_, r)| r.entry.cell_id.is_some()).map(|(p, r)| (*p, r.entry.seq))
     }
 
+    /// The `seq` of the record held for `peer`, as `digest` lists it.
+    pub fn seq_of(&self, peer: &PeerId) -> Option<u64> {
+        self.peers.get(peer).filter(|r| r.entry.cell_id.is_some()).map(|r| r.entry.seq)
+    }
+
     /// The records for alive peers that are newer than what `held` says
     /// the asker holds, or that it lacks (the answer to a `sync`).
     pub fn newer_than<'a>(

@@ -22,13 +22,64 @@ fn init_logs() {
 }
 
 async fn start(name: &str, peers: Vec<PeerAddr>) -> Node {
+    start_with(name, peers, |_| {}).await
+}
+
+/// A loopback cell whose config `tweak` changes first.
+async fn start_with(name: &str, peers: Vec<PeerAddr>, tweak: impl FnOnce(&mut Config)) -> Node {
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::loopback(name, dir.path().to_path_buf());
     config.peers = peers;
+    tweak(&mut config);
     let cell = Cell::start(config).await.unwrap();
     let api = format!("http://{}", cell.http_addr());
     Node { cell, api, _dir: dir }
+}
+
+/// One series' value in the node's `/metrics`; panics when it is missing.
+async fn metric(n: &Node, series: &str) -> f64 {
+    let text = reqwest::get(format!("http://{}/metrics", n.cell.metrics_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()))
+        .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{text}"))
+}
+
+/// A plain libp2p node (TCP, Noise, Yamux, libp2p-stream only), not a cell.
+fn plain_node() -> libp2p::Swarm<libp2p_stream::Behaviour> {
+    use libp2p::{noise, tcp, yamux};
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
+/// Dials `cell` from `swarm` and drives the swarm in a task (abort it to
+/// stop). Returns the task and the cell's peer id.
+async fn connect_plain_node(
+    mut swarm: libp2p::Swarm<libp2p_stream::Behaviour>,
+    cell: &Node,
+) -> (tokio::task::JoinHandle<()>, libp2p::PeerId) {
+    use futures::StreamExt;
+    let port = p2p_port(cell).await;
+    let id: libp2p::PeerId = cell.cell.handle().snapshot().local.peer_id.parse().unwrap();
+    let addr: libp2p::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{id}").parse().unwrap();
+    swarm.dial(addr).unwrap();
+    let driver = tokio::spawn(async move {
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    (driver, id)
 }
 
 /// The node's libp2p TCP port, once it listens.
@@ -453,29 +504,14 @@ async fn a_cell_that_knows_one_cell_finds_the_rest_through_kademlia() {
 /// does not call it failed for that.
 #[tokio::test]
 async fn a_plain_libp2p_node_can_probe_a_cell_and_is_not_failed_for_not_probing_back() {
-    use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-    use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    use libp2p::StreamProtocol;
 
     let a = start("probe-target", vec![]).await;
-    let port = p2p_port(&a).await;
-    let cell: PeerId = a.cell.handle().snapshot().local.peer_id.parse().unwrap();
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
-        .unwrap()
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+    let swarm = plain_node();
     let me = swarm.local_peer_id().to_base58();
     let mut control = swarm.behaviour().new_control();
-    let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{cell}").parse().unwrap();
-    swarm.dial(addr).unwrap();
-    let driver = tokio::spawn(async move {
-        loop {
-            swarm.select_next_some().await;
-        }
-    });
+    let (driver, cell) = connect_plain_node(swarm, &a).await;
 
     let mut stream =
         control.open_stream(cell, StreamProtocol::new("/aios/probe/1.0.0")).await.unwrap();
@@ -502,20 +538,8 @@ async fn a_plain_libp2p_node_can_probe_a_cell_and_is_not_failed_for_not_probing_
     assert_eq!(state_of(&peers, &me).as_deref(), Some("alive"), "/peers: {peers:#}");
     // Operators see why in the metrics: the cell's watch probe found no
     // probe protocol there, and it sent no suspect notice.
-    let metrics = reqwest::get(format!("http://{}/metrics", a.cell.metrics_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |series: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()))
-            .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{metrics}"))
-    };
-    assert!(value(r#"aios_probes_total{purpose="watch",outcome="unsupported"}"#) >= 1.0);
-    assert_eq!(value("aios_suspects_sent_total"), 0.0);
+    assert!(metric(&a, r#"aios_probes_total{purpose="watch",outcome="unsupported"}"#).await >= 1.0);
+    assert_eq!(metric(&a, "aios_suspects_sent_total").await, 0.0);
     driver.abort();
     a.cell.shutdown().await;
 }
@@ -527,32 +551,11 @@ async fn a_plain_libp2p_node_can_probe_a_cell_and_is_not_failed_for_not_probing_
 /// the others with no view left different for long.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cells_watch_by_udp_beats_and_probe_a_cell_without_them() {
-    async fn start_with(name: &str, peers: Vec<PeerAddr>, beats: bool) -> Node {
-        init_logs();
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::loopback(name, dir.path().to_path_buf());
-        config.peers = peers;
-        config.tuning.beats = beats;
-        let cell = Cell::start(config).await.unwrap();
-        let api = format!("http://{}", cell.http_addr());
-        Node { cell, api, _dir: dir }
-    }
-    async fn metric(n: &Node, series: &str) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", n.cell.metrics_addr()))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()))
-            .unwrap_or(0.0)
-    }
-    let a = start_with("beat-a", vec![], true).await;
+    let a = start("beat-a", vec![]).await;
     let to_a: Vec<PeerAddr> =
         vec![format!("/ip4/127.0.0.1/tcp/{}", p2p_port(&a).await).parse().unwrap()];
-    let b = start_with("beat-b", to_a.clone(), true).await;
-    let c = start_with("no-beats", to_a, false).await;
+    let b = start("beat-b", to_a.clone()).await;
+    let c = start_with("no-beats", to_a, |c| c.tuning.beats = false).await;
     let ids: Vec<String> = [&a, &b, &c].iter().map(|n| n.cell.peer_id().to_base58()).collect();
     for n in [&a, &b, &c] {
         wait_for(n, "all three alive", Duration::from_secs(10), |v| {
@@ -603,19 +606,10 @@ async fn cells_watch_by_udp_beats_and_probe_a_cell_without_them() {
 #[tokio::test]
 async fn a_probe_stream_the_peer_closed_is_replaced_not_counted_as_silence() {
     use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-    use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
+    use libp2p::StreamProtocol;
 
     let a = start("reprobe", vec![]).await;
-    let port = p2p_port(&a).await;
-    let cell: PeerId = a.cell.handle().snapshot().local.peer_id.parse().unwrap();
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
-        .unwrap()
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+    let swarm = plain_node();
     let mut incoming =
         swarm.behaviour().new_control().accept(StreamProtocol::new("/aios/probe/1.0.0")).unwrap();
     let echoes = tokio::spawn(async move {
@@ -634,13 +628,7 @@ async fn a_probe_stream_the_peer_closed_is_replaced_not_counted_as_silence() {
         }
         answered
     });
-    let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{cell}").parse().unwrap();
-    swarm.dial(addr).unwrap();
-    let driver = tokio::spawn(async move {
-        loop {
-            swarm.select_next_some().await;
-        }
-    });
+    let (driver, _) = connect_plain_node(swarm, &a).await;
     // The node is the cell's only peer and has no beats: the cell probes it
     // once a second, each probe on a new stream after the first.
     let answered = tokio::time::timeout(Duration::from_secs(15), echoes)
@@ -648,24 +636,12 @@ async fn a_probe_stream_the_peer_closed_is_replaced_not_counted_as_silence() {
         .expect("five probes within 15 s")
         .unwrap();
     assert_eq!(answered, 5);
-    let metrics = reqwest::get(format!("http://{}/metrics", a.cell.metrics_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |series: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()))
-            .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{metrics}"))
-    };
     // Before the fix every probe on a closed stream counted as silence
     // (and sent a suspect notice): two of five here. One is allowed for a
     // loaded test host; a probe waits 400 ms.
-    let silent = value(r#"aios_probes_total{purpose="watch",outcome="silent"}"#);
-    assert!(silent <= 1.0, "watch probes counted silent: {silent}\n{metrics}");
-    assert!(value(r#"aios_probes_total{purpose="watch",outcome="answered"}"#) >= 4.0);
+    let silent = metric(&a, r#"aios_probes_total{purpose="watch",outcome="silent"}"#).await;
+    assert!(silent <= 1.0, "watch probes counted silent: {silent}");
+    assert!(metric(&a, r#"aios_probes_total{purpose="watch",outcome="answered"}"#).await >= 4.0);
     driver.abort();
     a.cell.shutdown().await;
 }

@@ -191,118 +191,133 @@ enum Internal {
     Unserve { id: u64 },
 }
 
-/// The beat task: serves subscriptions (sends beats every `interval`),
-/// holds ours (checks the beats that come), and reports to the event loop.
-/// Ends on `shutdown` or when the event loop's channels close.
-#[allow(clippy::too_many_arguments)]
-pub async fn run_beats(
-    mut control: Control,
-    socket: UdpSocket,
-    shared: BeatShared,
-    view: watch::Receiver<u32>,
-    interval: Duration,
-    mut commands: mpsc::Receiver<BeatCommand>,
-    events: mpsc::Sender<BeatEvent>,
-    shutdown: CancellationToken,
-) {
-    let port = match socket.local_addr() {
-        Ok(a) => a.port(),
-        Err(e) => {
-            tracing::warn!(error = %e, "beat socket has no address; liveness falls back to TCP probes");
-            return;
-        }
-    };
-    let mut incoming = match control.accept(BEAT_PROTOCOL) {
-        Ok(i) => i,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot serve the beat protocol");
-            return;
-        }
-    };
-    let (internal_tx, mut internal) = mpsc::channel::<Internal>(MAX_SERVED);
-    let mut served: HashMap<u64, (u32, Served)> = HashMap::new();
-    let mut next_id = 0u64;
-    let mut watching: Option<Watching> = None;
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut buf = [0u8; 64];
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            cmd = commands.recv() => {
-                let Some(cmd) = cmd else { break };
-                if let Some(w) = watching.take() {
-                    w.stop.cancel();
+/// The beat task, with what it needs; the event loop builds it with the
+/// swarm and spawns [`BeatTask::run`] once the runtime runs.
+pub struct BeatTask {
+    /// Bound and non-blocking (see the event loop's `bind_beat_socket`).
+    pub socket: std::net::UdpSocket,
+    pub control: Control,
+    pub shared: BeatShared,
+    /// Our view's hash, as the event loop last computed it.
+    pub view: watch::Receiver<u32>,
+    /// Beats are sent this often (the probe interval).
+    pub interval: Duration,
+    pub commands: mpsc::Receiver<BeatCommand>,
+    pub events: mpsc::Sender<BeatEvent>,
+}
+
+impl BeatTask {
+    /// Serves subscriptions (sends beats every `interval`), holds ours
+    /// (checks the beats that come), and reports to the event loop. Ends on
+    /// `shutdown` or when the event loop's channels close.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let BeatTask { socket, mut control, shared, view, interval, mut commands, events } = self;
+        let socket = match UdpSocket::from_std(socket) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot use the beat socket; watching by TCP probes");
+                return;
+            }
+        };
+        let port = match socket.local_addr() {
+            Ok(a) => a.port(),
+            Err(e) => {
+                tracing::warn!(error = %e, "beat socket has no address; liveness falls back to TCP probes");
+                return;
+            }
+        };
+        let mut incoming = match control.accept(BEAT_PROTOCOL) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serve the beat protocol");
+                return;
+            }
+        };
+        let (internal_tx, mut internal) = mpsc::channel::<Internal>(MAX_SERVED);
+        let mut served: HashMap<u64, (u32, Served)> = HashMap::new();
+        let mut next_id = 0u64;
+        let mut watching: Option<Watching> = None;
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut buf = [0u8; 64];
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                cmd = commands.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    if let Some(w) = watching.take() {
+                        w.stop.cancel();
+                    }
+                    if let BeatCommand::Watch(peer) = cmd {
+                        let w = Watching {
+                            peer,
+                            sub: rand::random(),
+                            key: rand::random(),
+                            last_counter: None,
+                            stop: shutdown.child_token(),
+                        };
+                        tokio::spawn(subscribe(
+                            control.clone(), peer, port, w.sub, w.key, w.stop.clone(), events.clone(),
+                        ));
+                        watching = Some(w);
+                    }
                 }
-                if let BeatCommand::Watch(peer) = cmd {
-                    let w = Watching {
-                        peer,
-                        sub: rand::random(),
-                        key: rand::random(),
-                        last_counter: None,
-                        stop: shutdown.child_token(),
-                    };
-                    tokio::spawn(subscribe(
-                        control.clone(), peer, port, w.sub, w.key, w.stop.clone(), events.clone(),
+                next = incoming.next() => {
+                    let Some((peer, stream)) = next else { break };
+                    next_id += 1;
+                    let full = served.len() >= MAX_SERVED;
+                    tokio::spawn(serve(
+                        next_id, peer, stream, full, shared.clone(), internal_tx.clone(), shutdown.clone(),
                     ));
-                    watching = Some(w);
                 }
-            }
-            next = incoming.next() => {
-                let Some((peer, stream)) = next else { break };
-                next_id += 1;
-                let full = served.len() >= MAX_SERVED;
-                tokio::spawn(serve(
-                    next_id, peer, stream, full, shared.clone(), internal_tx.clone(), shutdown.clone(),
-                ));
-            }
-            Some(msg) = internal.recv() => match msg {
-                Internal::Serve { id, sub, served: s } => {
-                    tracing::debug!(peer = %s.peer, to = %s.to, "sending beats");
-                    served.insert(id, (sub, s));
-                }
-                Internal::Unserve { id } => {
-                    if let Some((_, s)) = served.remove(&id) {
-                        tracing::debug!(peer = %s.peer, "no longer sending beats");
+                Some(msg) = internal.recv() => match msg {
+                    Internal::Serve { id, sub, served: s } => {
+                        tracing::debug!(peer = %s.peer, to = %s.to, "sending beats");
+                        served.insert(id, (sub, s));
+                    }
+                    Internal::Unserve { id } => {
+                        if let Some((_, s)) = served.remove(&id) {
+                            tracing::debug!(peer = %s.peer, "no longer sending beats");
+                        }
+                    }
+                },
+                _ = tick.tick() => {
+                    let v = *view.borrow();
+                    for (sub, s) in served.values_mut() {
+                        s.counter = s.counter.wrapping_add(1);
+                        let beat = Beat { sub: *sub, counter: s.counter, view: v }.encode(&s.key);
+                        if let Err(e) = socket.send_to(&beat, s.to).await {
+                            tracing::trace!(peer = %s.peer, error = %e, "beat not sent");
+                        }
                     }
                 }
-            },
-            _ = tick.tick() => {
-                let v = *view.borrow();
-                for (sub, s) in served.values_mut() {
-                    s.counter = s.counter.wrapping_add(1);
-                    let beat = Beat { sub: *sub, counter: s.counter, view: v }.encode(&s.key);
-                    if let Err(e) = socket.send_to(&beat, s.to).await {
-                        tracing::trace!(peer = %s.peer, error = %e, "beat not sent");
+                r = socket.recv_from(&mut buf) => {
+                    let Ok((n, _from)) = r else { continue };
+                    let at = Instant::now();
+                    let Some(w) = watching.as_mut() else { continue };
+                    let data = &buf[..n];
+                    if Beat::sub_of(data) != Some(w.sub) {
+                        continue;
                     }
-                }
-            }
-            r = socket.recv_from(&mut buf) => {
-                let Ok((n, _from)) = r else { continue };
-                let at = Instant::now();
-                let Some(w) = watching.as_mut() else { continue };
-                let data = &buf[..n];
-                if Beat::sub_of(data) != Some(w.sub) {
-                    continue;
-                }
-                let Some(beat) = Beat::decode(data, &w.key) else {
-                    tracing::debug!(peer = %w.peer, "a beat with a bad MAC; dropped");
-                    continue;
-                };
-                // Counters only go up: a replayed beat says nothing.
-                if w.last_counter.is_some_and(|c| beat.counter <= c) {
-                    continue;
-                }
-                w.last_counter = Some(beat.counter);
-                let ev = BeatEvent::Beat { peer: w.peer, at, view: beat.view };
-                if events.try_send(ev).is_err() {
-                    tracing::trace!("event loop busy; a beat not reported");
+                    let Some(beat) = Beat::decode(data, &w.key) else {
+                        tracing::debug!(peer = %w.peer, "a beat with a bad MAC; dropped");
+                        continue;
+                    };
+                    // Counters only go up: a replayed beat says nothing.
+                    if w.last_counter.is_some_and(|c| beat.counter <= c) {
+                        continue;
+                    }
+                    w.last_counter = Some(beat.counter);
+                    let ev = BeatEvent::Beat { peer: w.peer, at, view: beat.view };
+                    if events.try_send(ev).is_err() {
+                        tracing::trace!("event loop busy; a beat not reported");
+                    }
                 }
             }
         }
-    }
-    if let Some(w) = watching.take() {
-        w.stop.cancel();
+        if let Some(w) = watching.take() {
+            w.stop.cancel();
+        }
     }
 }
 
@@ -390,17 +405,18 @@ async fn serve(
     let sub = u32::from_be_bytes([msg[3], msg[4], msg[5], msg[6]]);
     let mut key = [0u8; 16];
     key.copy_from_slice(&msg[7..]);
-    let deadline = Instant::now() + ADDR_WAIT;
-    let ip = loop {
-        match shared.ip(&peer) {
-            Some(ip) => break Some(ip),
-            None if Instant::now() < deadline && !full => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    let wait_for_ip = async {
+        let deadline = Instant::now() + ADDR_WAIT;
+        loop {
+            let ip = shared.ip(&peer);
+            if ip.is_some() || Instant::now() >= deadline {
+                return ip;
             }
-            None => break None,
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    let Some(ip) = ip.filter(|_| !full && port != 0) else {
+    let ip = if full || port == 0 { None } else { wait_for_ip.await };
+    let Some(ip) = ip else {
         tracing::debug!(%peer, full, "cannot send beats; the cell will probe instead");
         let _ = stream.write_all(&[REFUSED]).await;
         let _ = stream.close().await;

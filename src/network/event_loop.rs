@@ -21,7 +21,7 @@ use libp2p::{autonat, dcutr, identify, kad, mdns, ping, relay, Multiaddr, PeerId
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::beat::{self, BeatCommand, BeatEvent, BeatShared};
+use super::beat::{self, BeatCommand, BeatEvent, BeatShared, BeatTask};
 use super::behaviour::{agent_version, Behaviour, BehaviourEvent};
 use super::handle::{resolve, Command, CommandError, Handle, RegisterOutcome, SyncOutcome};
 use super::probe::{self, Outcome, ProbeRequest, ProbeResult, Purpose};
@@ -125,15 +125,6 @@ enum WatchMode {
     Awaiting { since: Instant },
     /// Its beats arrive; the last one at `last`.
     Beating { last: Instant },
-}
-
-/// What the beat task needs, held until `run` spawns it.
-struct BeatParts {
-    socket: std::net::UdpSocket,
-    commands: mpsc::Receiver<BeatCommand>,
-    events: mpsc::Sender<BeatEvent>,
-    view: watch::Receiver<u32>,
-    control: Control,
 }
 
 /// One connection to a peer.
@@ -243,10 +234,10 @@ pub struct EventLoop {
     watching: Option<PeerId>,
     watch_mode: WatchMode,
     /// UDP beats (see `beat.rs`): commands to the beat task and its
-    /// events; the task's parts until `run` spawns it (`None`: beats off).
+    /// events; the task until `run` spawns it (`None`: beats off).
     beat_tx: mpsc::Sender<BeatCommand>,
     beat_rx: mpsc::Receiver<BeatEvent>,
-    beat_parts: Option<BeatParts>,
+    beat_task: Option<BeatTask>,
     beat_shared: BeatShared,
     /// Our view's hash, for the beats we send.
     view_tx: watch::Sender<u32>,
@@ -435,14 +426,17 @@ impl EventLoop {
         let (beat_tx, beat_commands) = mpsc::channel(BEAT_CHANNEL);
         let (beat_events, beat_rx) = mpsc::channel(BEAT_CHANNEL);
         let (view_tx, view_rx) = watch::channel(0u32);
-        let beat_parts = if config.tuning.beats {
+        let beat_shared = BeatShared::default();
+        let beat_task = if config.tuning.beats {
             bind_beat_socket(config.p2p_ip, config.p2p_port, config.tuning.beat_port).map(
-                |socket| BeatParts {
+                |socket| BeatTask {
                     socket,
+                    control: control.clone(),
+                    shared: beat_shared.clone(),
+                    view: view_rx,
+                    interval: config.tuning.probe_interval(),
                     commands: beat_commands,
                     events: beat_events,
-                    view: view_rx,
-                    control: control.clone(),
                 },
             )
         } else {
@@ -487,8 +481,8 @@ impl EventLoop {
                 watch_mode: WatchMode::Probe,
                 beat_tx,
                 beat_rx,
-                beat_parts,
-                beat_shared: BeatShared::default(),
+                beat_task,
+                beat_shared,
                 view_tx,
                 no_beats: Default::default(),
                 beat_deadline: None,
@@ -543,24 +537,8 @@ impl EventLoop {
             tokio::spawn(probe::run_prober(control.clone(), requests, results, probes.clone()));
             tokio::spawn(probe::run_echo(control, probes.clone()));
         }
-        if let Some(parts) = self.beat_parts.take() {
-            match tokio::net::UdpSocket::from_std(parts.socket) {
-                Ok(socket) => {
-                    tokio::spawn(beat::run_beats(
-                        parts.control,
-                        socket,
-                        self.beat_shared.clone(),
-                        parts.view,
-                        self.probe_interval,
-                        parts.commands,
-                        parts.events,
-                        probes.clone(),
-                    ));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot use the beat socket; watching by TCP probes")
-                }
-            }
+        if let Some(task) = self.beat_task.take() {
+            tokio::spawn(task.run(probes.clone()));
         }
         for (peer, addrs) in std::mem::take(&mut self.rejoin) {
             self.dial_peer(peer, addrs, FoundBy::Rejoin);
@@ -1307,14 +1285,9 @@ impl EventLoop {
                     return;
                 }
                 let since = *self.view_differs_since.get_or_insert(at);
-                let synced = self.view_synced_at.get(&peer);
-                if at.duration_since(since) >= VIEW_SETTLE
-                    && synced.is_none_or(|t| at.duration_since(*t) >= VIEW_SYNC_GAP)
-                {
-                    tracing::debug!(%peer, "its view differs from ours; syncing");
+                if at.duration_since(since) >= VIEW_SETTLE && self.sync_if_due(peer, at) {
+                    tracing::debug!(%peer, "its view differs from ours; synced");
                     self.metrics.view_syncs.inc();
-                    self.view_synced_at.insert(peer, at);
-                    self.send_sync(peer);
                 }
             }
             BeatEvent::Subscribed { peer, accepted } => {
@@ -2204,8 +2177,25 @@ impl EventLoop {
             Err(e) => tracing::debug!(%peer, error = %e, "refused a registration"),
         }
         self.count_registration("inbound", ok.is_ok());
+        self.respond(channel, known);
+    }
+
+    /// Answers a request with our record and `known`.
+    fn respond(&mut self, channel: ResponseChannel<RegisterResponse>, known: Vec<KnownCell>) {
         let resp = RegisterResponse { record: self.own_record(false), known };
         let _ = self.swarm.behaviour_mut().register.send_response(channel, resp);
+    }
+
+    /// Sends `peer` a `sync`, unless one went to it less than
+    /// [`VIEW_SYNC_GAP`] ago. Returns whether it did.
+    fn sync_if_due(&mut self, peer: PeerId, now: Instant) -> bool {
+        let due =
+            self.view_synced_at.get(&peer).is_none_or(|t| now.duration_since(*t) >= VIEW_SYNC_GAP);
+        if due {
+            self.view_synced_at.insert(peer, now);
+            self.send_sync(peer);
+        }
+        due
     }
 
     fn on_request(
@@ -2241,26 +2231,17 @@ impl EventLoop {
                 // The requester holds something we lack (a newer record, or
                 // one under our own key: a clone): ask it back, so that one
                 // exchange repairs both views.
-                let ours: HashMap<PeerId, u64> = self.mesh.digest().collect();
-                let lacking = request.digest.iter().take(MAX_KNOWN_RECORDS).any(|d| {
-                    d.peer_id.parse::<PeerId>().is_ok_and(|p| {
-                        if p == self.local_peer {
-                            d.seq > self.local.seq
-                        } else {
-                            p != peer && ours.get(&p).is_none_or(|s| d.seq > *s)
-                        }
-                    })
+                let lacking = held.iter().any(|(p, seq)| {
+                    let ours = if *p == self.local_peer {
+                        Some(self.local.seq)
+                    } else {
+                        self.mesh.seq_of(p)
+                    };
+                    ours.is_none_or(|s| *seq > s)
                 });
                 self.merge_and_answer(peer, &request, known, channel);
-                let now = Instant::now();
-                if lacking
-                    && self
-                        .view_synced_at
-                        .get(&peer)
-                        .is_none_or(|t| now.duration_since(*t) >= VIEW_SYNC_GAP)
-                {
-                    self.view_synced_at.insert(peer, now);
-                    self.send_sync(peer);
+                if lacking {
+                    self.sync_if_due(peer, Instant::now());
                 }
             }
             RequestKind::Leave => {
@@ -2269,8 +2250,7 @@ impl EventLoop {
                 if record.validate().is_ok() {
                     self.merge_record(peer, &record, FoundBy::Inbound, true);
                 }
-                let resp = RegisterResponse { record: self.own_record(false), known: Vec::new() };
-                let _ = self.swarm.behaviour_mut().register.send_response(channel, resp);
+                self.respond(channel, Vec::new());
             }
             RequestKind::Suspect => {
                 let suspect = request.suspect.as_deref().and_then(|s| s.parse::<PeerId>().ok());
@@ -2289,8 +2269,7 @@ impl EventLoop {
                     Some(_) => {}
                     None => tracing::debug!(%peer, "a suspect notice without a valid peer id"),
                 }
-                let resp = RegisterResponse { record: self.own_record(false), known: Vec::new() };
-                let _ = self.swarm.behaviour_mut().register.send_response(channel, resp);
+                self.respond(channel, Vec::new());
             }
         }
     }

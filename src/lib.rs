@@ -105,7 +105,7 @@ impl Cell {
             None
         });
         let (state_tx, state_rx) = tokio::sync::watch::channel(None);
-        let (event_loop, handle) = network::EventLoop::new(
+        let (event_loop, handle) = network::Node::new(
             swarm,
             &config,
             cell_metrics.clone(),

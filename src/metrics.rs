@@ -95,6 +95,9 @@ pub struct CellMetrics {
     pub suspects_sent: Counter,
     pub beats_received: Counter,
     pub view_syncs: Counter,
+    /// Local health (Lifeguard's awareness, memberlist's health score):
+    /// 0 healthy, up to 4; probe timeouts are stretched by (1 + score).
+    pub health_score: Gauge,
     pub dropped_notifications: Counter,
     pub rejected_commands: Counter,
     pub http_requests: Family<HttpLabels, Counter>,
@@ -117,6 +120,7 @@ impl CellMetrics {
             suspects_sent: Counter::default(),
             beats_received: Counter::default(),
             view_syncs: Counter::default(),
+            health_score: Gauge::default(),
             dropped_notifications: Counter::default(),
             rejected_commands: Counter::default(),
             http_requests: Family::default(),
@@ -128,6 +132,11 @@ impl CellMetrics {
             "aios_consciousness_level",
             "Consciousness level of every known cell (this one included)",
             m.level.clone(),
+        );
+        registry.register(
+            "aios_local_health_score",
+            "This cell's local health: 0 healthy, up to 4 when its own loop runs late or many cells fall silent at once (probe timeouts are stretched by 1 + score)",
+            m.health_score.clone(),
         );
         registry.register("aios_cell_info", "This cell's id, branch and version", m.info.clone());
         registry.register("aios_peers", "Known cells by state", m.peers.clone());

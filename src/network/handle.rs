@@ -1,11 +1,9 @@
 //! The cloneable handle to the event loop: cheap reads from the published
 //! snapshot, actions as commands with a oneshot reply under a timeout.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -19,8 +17,6 @@ pub enum Command {
     SetLevel { level: Option<f64>, reply: oneshot::Sender<SyncOutcome> },
     /// Dial `addr` and exchange records with whoever answers.
     Register { addr: Multiaddr, reply: oneshot::Sender<Result<RegisterOutcome, CommandError>> },
-    /// A configured peer's host name resolved (or not): dial these.
-    DialConfigured { index: usize, addrs: Vec<Multiaddr> },
 }
 
 /// What `POST /sync-consciousness` reports.
@@ -62,13 +58,6 @@ pub enum CommandError {
     BadTarget(String),
 }
 
-/// Where `POST /register` should dial.
-#[derive(Debug, Clone)]
-pub enum RegisterTarget {
-    Multiaddr(Multiaddr),
-    Host { host: String, port: u16 },
-}
-
 /// Cloneable access to a running cell's network.
 #[derive(Clone, Debug)]
 pub struct Handle {
@@ -78,17 +67,6 @@ pub struct Handle {
     timeout: Duration,
     /// Counts commands refused because the queue was full.
     rejected: prometheus_client::metrics::counter::Counter,
-}
-
-/// Turns an IP and TCP port into a multiaddr.
-pub fn tcp_multiaddr(ip: IpAddr, port: u16) -> Multiaddr {
-    let mut m = Multiaddr::empty();
-    m.push(match ip {
-        IpAddr::V4(v4) => Protocol::Ip4(v4),
-        IpAddr::V6(v6) => Protocol::Ip6(v6),
-    });
-    m.push(Protocol::Tcp(port));
-    m
 }
 
 /// Resolves `host:port` (names through the OS resolver, so `.local` names
@@ -103,7 +81,7 @@ pub async fn resolve(host: &str, port: u16) -> Result<Vec<Multiaddr>, String> {
     if addrs.is_empty() {
         return Err(format!("{host} has no addresses"));
     }
-    Ok(addrs.into_iter().map(|a| tcp_multiaddr(a.ip(), a.port())).collect())
+    Ok(addrs.into_iter().map(|a| super::addr::tcp_multiaddr(a.ip(), a.port())).collect())
 }
 
 impl Handle {
@@ -158,10 +136,13 @@ impl Handle {
     }
 
     /// Dials a cell and exchanges records with it.
-    pub async fn register(&self, target: RegisterTarget) -> Result<RegisterOutcome, CommandError> {
+    pub async fn register(
+        &self,
+        target: super::RegisterTarget,
+    ) -> Result<RegisterOutcome, CommandError> {
         let addr = match target {
-            RegisterTarget::Multiaddr(m) => m,
-            RegisterTarget::Host { host, port } => {
+            super::RegisterTarget::Multiaddr(m) => m,
+            super::RegisterTarget::Host { host, port } => {
                 let resolved = tokio::time::timeout(self.timeout, resolve(&host, port))
                     .await
                     .map_err(|_| CommandError::Timeout(self.timeout))?
@@ -173,10 +154,5 @@ impl Handle {
             }
         };
         self.ask(|reply| Command::Register { addr, reply }).await?
-    }
-
-    /// Sends a command without waiting (used by helper tasks).
-    pub(crate) fn send(&self, cmd: Command) -> bool {
-        self.tx.try_send(cmd).is_ok()
     }
 }

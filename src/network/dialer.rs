@@ -1,0 +1,527 @@
+//! Whom to dial, and when: the tie-break that makes one dial per pair
+//! ([`DIAL_YIELD`]), redials of failed cells with backoff and give-up,
+//! configured peers, cells heard of in records, and `POST /register`'s
+//! dials with their replies. Clock-free: it returns [`Dial`]s for the node
+//! to start and hears back how they went.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use libp2p::swarm::ConnectionId;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::oneshot;
+
+use super::addr::{dial_addrs, near, peer_of, with_hint};
+use super::handle::{CommandError, RegisterOutcome};
+use super::links::Links;
+use crate::config::PeerAddr;
+use crate::mesh::{FoundBy, MeshView};
+
+/// How long a cell waits for a cell with a smaller peer id that found it
+/// too to dial, before it dials itself (see [`Dialer::may_dial`]). Longer
+/// than a handshake takes on a busy host (~2 s when 50 cells start on 2
+/// cores); a cell that missed the mDNS answer learns of the other from the
+/// records of the first cell it connects to, and dials then.
+pub(crate) const DIAL_YIELD: Duration = Duration::from_secs(3);
+/// Redial backoff for failed or configured peers.
+pub(crate) const RETRY_MIN: Duration = Duration::from_millis(500);
+pub(crate) const RETRY_MAX: Duration = Duration::from_secs(2);
+pub(crate) const CONFIG_RETRY_MAX: Duration = Duration::from_secs(30);
+/// A failed cell is redialed for this long, then forgotten until it shows up.
+pub(crate) const RETRY_GIVE_UP: Duration = Duration::from_secs(600);
+/// A cell heard of only through another cell's records is looked up in the
+/// DHT first; if that has not connected us within this time, its recorded
+/// addresses are dialed directly.
+pub(crate) const HEARSAY_DIAL_AFTER: Duration = Duration::from_secs(3);
+
+/// The reply `POST /register` waits for.
+pub(crate) type RegisterReply = oneshot::Sender<Result<RegisterOutcome, CommandError>>;
+
+/// A dial for the node to start.
+#[derive(Debug)]
+pub(crate) struct Dial {
+    /// The peer, when known (then only while disconnected and not dialing).
+    pub(crate) peer: Option<PeerId>,
+    /// Where; empty: wherever the swarm knows (Kademlia's addresses).
+    pub(crate) addrs: Vec<Multiaddr>,
+    /// Dial from a new port. Two cells that hear the same mDNS answer dial
+    /// each other at once; with a reused port the kernel merges the
+    /// sockets and Noise fails. Kademlia's dials keep the listen port:
+    /// that is what lets NAT hole punching work.
+    pub(crate) new_port: bool,
+    /// Dial even while connected (a TCP link beside a QUIC one).
+    pub(crate) while_connected: bool,
+    /// What to remember of it; `None`: nobody waits for it.
+    pub(crate) pending: Option<PendingDial>,
+}
+
+/// A dial we started and want to hear back from.
+#[derive(Debug)]
+pub(crate) struct PendingDial {
+    pub(crate) origin: FoundBy,
+    pub(crate) reply: Option<RegisterReply>,
+    pub(crate) config_index: Option<usize>,
+    pub(crate) addr: Option<Multiaddr>,
+}
+
+impl PendingDial {
+    fn of(origin: FoundBy) -> Self {
+        PendingDial { origin, reply: None, config_index: None, addr: None }
+    }
+}
+
+/// What the tick asks for.
+#[derive(Debug)]
+pub(crate) enum Step {
+    Dial(Dial),
+    /// Resolve a configured peer's host name, then call [`Dialer::resolved`].
+    Resolve {
+        index: usize,
+        host: String,
+        port: u16,
+    },
+}
+
+/// A peer from the configuration, redialed with backoff while not connected.
+#[derive(Debug)]
+struct Configured {
+    addr: PeerAddr,
+    peer: Option<PeerId>,
+    /// A resolution or dial is under way.
+    dialing: bool,
+    next_attempt: Instant,
+    backoff: Duration,
+}
+
+#[derive(Debug)]
+struct Retry {
+    next: Instant,
+    backoff: Duration,
+    since: Instant,
+}
+
+#[derive(Debug)]
+pub(crate) struct Dialer {
+    local: PeerId,
+    pending: HashMap<ConnectionId, PendingDial>,
+    /// Cells with a smaller peer id that we found (mDNS, records) and leave
+    /// to dial us until then: one connection per pair, not two.
+    yield_until: HashMap<PeerId, Instant>,
+    retry: HashMap<PeerId, Retry>,
+    configured: Vec<Configured>,
+}
+
+impl Dialer {
+    pub(crate) fn new(local: PeerId, peers: &[PeerAddr], now: Instant) -> Self {
+        let configured = peers
+            .iter()
+            .map(|addr| Configured {
+                addr: addr.clone(),
+                peer: None,
+                dialing: false,
+                next_attempt: now,
+                backoff: RETRY_MIN,
+            })
+            .collect();
+        Self {
+            local,
+            pending: HashMap::new(),
+            yield_until: HashMap::new(),
+            retry: HashMap::new(),
+            configured,
+        }
+    }
+
+    /// Two cells usually find each other at the same moment (one mDNS
+    /// answer heard by both, or each other's records): the one with the
+    /// smaller peer id dials, the other waits [`DIAL_YIELD`] for it. Half the
+    /// handshakes, no duplicate to prune; when 50 cells start together that
+    /// is what keeps the host's CPU from saturating.
+    pub(crate) fn may_dial(&mut self, peer: PeerId, now: Instant) -> bool {
+        if self.local < peer {
+            return true;
+        }
+        now >= *self.yield_until.entry(peer).or_insert(now + DIAL_YIELD)
+    }
+
+    /// A dial of `peer` at `addrs`, unless it is us, connected, or has no
+    /// address.
+    pub(crate) fn dial(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        origin: FoundBy,
+        links: &Links,
+    ) -> Option<Dial> {
+        if peer == self.local || links.is_connected(&peer) || addrs.is_empty() {
+            return None;
+        }
+        Some(Dial {
+            peer: Some(peer),
+            addrs: dial_addrs(addrs),
+            new_port: true,
+            while_connected: false,
+            pending: Some(PendingDial::of(origin)),
+        })
+    }
+
+    /// A Kademlia provider: dialed at the addresses the DHT gave the swarm.
+    pub(crate) fn dial_provider(&self, peer: PeerId, links: &Links) -> Option<Dial> {
+        if peer == self.local || links.is_connected(&peer) {
+            return None;
+        }
+        Some(Dial {
+            peer: Some(peer),
+            addrs: Vec::new(),
+            new_port: false,
+            while_connected: false,
+            pending: Some(PendingDial::of(FoundBy::Kad)),
+        })
+    }
+
+    /// A TCP link to a cell linked only over QUIC (see `Links::tcp_upgrades`).
+    pub(crate) fn dial_tcp_beside(&self, peer: PeerId, tcp: Vec<Multiaddr>) -> Dial {
+        Dial { peer: Some(peer), addrs: tcp, new_port: true, while_connected: true, pending: None }
+    }
+
+    /// `POST /register`: dial `addr`, whoever answers.
+    pub(crate) fn register(&self, addr: Multiaddr, reply: RegisterReply) -> Dial {
+        Dial {
+            peer: None,
+            addrs: vec![addr.clone()],
+            new_port: true,
+            while_connected: false,
+            pending: Some(PendingDial {
+                origin: FoundBy::Register,
+                reply: Some(reply),
+                config_index: None,
+                addr: Some(addr),
+            }),
+        }
+    }
+
+    /// The origin recorded for a cell the mesh knows.
+    fn origin(mesh: &MeshView, peer: &PeerId) -> FoundBy {
+        mesh.get(peer).map(|e| e.found_by).unwrap_or(FoundBy::Gossip)
+    }
+
+    /// Cells we believe alive (from mDNS or another cell's records) but are
+    /// not connected to: dial them (those [`Dialer::may_dial`] lets us).
+    pub(crate) fn dial_known(
+        &mut self,
+        now: Instant,
+        mesh: &MeshView,
+        links: &Links,
+        nets: &[if_watch::IpNet],
+    ) -> Vec<Dial> {
+        let candidates: Vec<_> =
+            mesh.unconnected_alive(HEARSAY_DIAL_AFTER, |a| near(nets, a)).collect();
+        let mut out = Vec::new();
+        for (peer, addrs) in candidates {
+            if self.may_dial(peer, now) {
+                out.extend(self.dial(peer, addrs, Self::origin(mesh, &peer), links));
+            }
+        }
+        out
+    }
+
+    /// Every tick: failed cells redialed with backoff for a while (heals
+    /// partitions), and configured peers not connected.
+    pub(crate) fn on_tick(&mut self, now: Instant, mesh: &MeshView, links: &Links) -> Vec<Step> {
+        let mut out = Vec::new();
+        for peer in mesh.failed() {
+            let r = self.retry.entry(peer).or_insert(Retry {
+                next: now,
+                backoff: RETRY_MIN,
+                since: now,
+            });
+            if now < r.next || now.duration_since(r.since) > RETRY_GIVE_UP {
+                continue;
+            }
+            r.next = now + r.backoff;
+            r.backoff = (r.backoff * 2).min(RETRY_MAX);
+            let dial = self.dial(peer, mesh.addrs_of(&peer), Self::origin(mesh, &peer), links);
+            out.extend(dial.map(Step::Dial));
+        }
+        for index in 0..self.configured.len() {
+            let c = &mut self.configured[index];
+            let connected = c.peer.is_some_and(|p| links.is_connected(&p));
+            if connected || c.dialing || now < c.next_attempt {
+                continue;
+            }
+            c.dialing = true;
+            c.next_attempt = now + c.backoff;
+            c.backoff = (c.backoff * 2).min(CONFIG_RETRY_MAX);
+            match &c.addr {
+                PeerAddr::Multiaddr(m) => {
+                    let m = m.clone();
+                    out.extend(self.resolved(index, Ok(vec![m])).map(Step::Dial));
+                }
+                PeerAddr::Host { host, port } => {
+                    out.push(Step::Resolve { index, host: host.clone(), port: *port })
+                }
+            }
+        }
+        out
+    }
+
+    /// A configured peer's addresses (resolved, or why not): dial them.
+    pub(crate) fn resolved(
+        &mut self,
+        index: usize,
+        addrs: Result<Vec<Multiaddr>, String>,
+    ) -> Option<Dial> {
+        let c = self.configured.get_mut(index)?;
+        let addrs = match addrs {
+            Ok(a) if !a.is_empty() => a,
+            Ok(_) => {
+                c.dialing = false;
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(peer = %c.addr, error = %e, "configured peer does not resolve");
+                c.dialing = false;
+                return None;
+            }
+        };
+        let addr = addrs[0].clone();
+        let pending = PendingDial {
+            origin: FoundBy::Config,
+            reply: None,
+            config_index: Some(index),
+            addr: Some(addr.clone()),
+        };
+        Some(match c.peer.or_else(|| peer_of(&addr)) {
+            Some(p) => Dial {
+                peer: Some(p),
+                addrs,
+                new_port: true,
+                while_connected: false,
+                pending: Some(pending),
+            },
+            None => Dial {
+                peer: None,
+                addrs: vec![addr],
+                new_port: true,
+                while_connected: false,
+                pending: Some(pending),
+            },
+        })
+    }
+
+    /// The swarm took a dial: remember it under its connection id.
+    pub(crate) fn started(&mut self, id: ConnectionId, pending: PendingDial) {
+        self.pending.insert(id, pending);
+    }
+
+    /// The swarm refused a dial at once (already dialing, say).
+    pub(crate) fn not_started(&mut self, pending: PendingDial, error: &str) {
+        if let Some(reply) = pending.reply {
+            let target = pending.addr.map(|a| a.to_string()).unwrap_or_default();
+            let _ = reply
+                .send(Err(CommandError::Unreachable(format!("cannot dial {target}: {error}"))));
+        }
+        if let Some(c) = pending.config_index.and_then(|i| self.configured.get_mut(i)) {
+            tracing::debug!(peer = %c.addr, error, "not dialing configured peer");
+            c.dialing = false;
+        }
+    }
+
+    /// A connection to `peer` came up. Returns how it was found (ours, or
+    /// another dialer's: a Kademlia query reaching a cell it was told
+    /// about) and the reply waiting for it.
+    pub(crate) fn established(
+        &mut self,
+        id: ConnectionId,
+        peer: PeerId,
+        dialer: bool,
+    ) -> (FoundBy, Option<RegisterReply>) {
+        self.yield_until.remove(&peer);
+        let Some(p) = self.pending.remove(&id) else {
+            return (if dialer { FoundBy::Kad } else { FoundBy::Inbound }, None);
+        };
+        if let Some(c) = p.config_index.and_then(|i| self.configured.get_mut(i)) {
+            c.peer = Some(peer);
+            c.dialing = false;
+            c.backoff = RETRY_MIN;
+            tracing::info!(peer = %c.addr, %peer, "connected to configured peer");
+        }
+        (p.origin, p.reply)
+    }
+
+    /// A dial failed: answer whoever waits, and explain a configured peer.
+    /// Returns the address it went to, if it was ours.
+    pub(crate) fn failed(&mut self, id: ConnectionId, reason: &str) -> Option<Multiaddr> {
+        let p = self.pending.remove(&id)?;
+        let target = p.addr.as_ref().map(|a| a.to_string()).unwrap_or_default();
+        if let Some(reply) = p.reply {
+            let _ = reply.send(Err(CommandError::Unreachable(with_hint(
+                format!("cannot reach a cell at {target}: {reason}"),
+                &target,
+            ))));
+        }
+        if let Some(c) = p.config_index.and_then(|i| self.configured.get_mut(i)) {
+            c.dialing = false;
+            let msg = with_hint(
+                format!("cannot reach configured peer {}: {reason}", c.addr),
+                &c.addr.to_string(),
+            );
+            tracing::warn!(retry_in = ?c.backoff, "{msg}");
+        }
+        p.addr
+    }
+
+    /// `peer` is alive again, or was found anew: redial it at once when
+    /// it fails next, not after the backoff it had.
+    pub(crate) fn forget_retry(&mut self, peer: &PeerId) {
+        self.retry.remove(peer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::addr::addrs;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    fn pair() -> (PeerId, PeerId) {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        if a < b {
+            (a, b)
+        } else {
+            (b, a)
+        }
+    }
+
+    #[test]
+    fn the_smaller_peer_dials_at_once_the_larger_after_three_seconds() {
+        let (small, large) = pair();
+        let t0 = Instant::now();
+        let mut s = Dialer::new(small, &[], t0);
+        assert!(s.may_dial(large, t0));
+        let mut l = Dialer::new(large, &[], t0);
+        assert!(!l.may_dial(small, t0));
+        assert!(!l.may_dial(small, t0 + MS(2999)));
+        assert!(l.may_dial(small, t0 + DIAL_YIELD));
+        // A connection clears the wait: next time it starts over.
+        l.established(ConnectionId::new_unchecked(1), small, false);
+        assert!(!l.may_dial(small, t0 + MS(5000)));
+    }
+
+    /// The times a failed cell is redialed in the first `until`.
+    fn redials(until: Duration, step: Duration) -> Vec<Duration> {
+        let (me, other) = pair();
+        let t0 = Instant::now();
+        let mut d = Dialer::new(me, &[], t0);
+        let mut mesh = MeshView::new(me, "me");
+        let addr: Multiaddr = "/ip4/10.0.0.2/tcp/8001".parse().expect("addr");
+        mesh.connected(other, Some(&addr), FoundBy::Mdns);
+        mesh.disconnected(other);
+        let links = Links::new(me);
+        let mut at = Vec::new();
+        let mut t = Duration::ZERO;
+        while t <= until {
+            for s in d.on_tick(t0 + t, &mesh, &links) {
+                match s {
+                    Step::Dial(dial) => {
+                        assert_eq!(dial.peer, Some(other));
+                        at.push(t);
+                    }
+                    Step::Resolve { .. } => panic!("nothing configured"),
+                }
+            }
+            t += step;
+        }
+        at
+    }
+
+    #[test]
+    fn failed_cells_are_redialed_with_backoff_from_half_a_second_to_two() {
+        let got = redials(Duration::from_secs(8), MS(100));
+        let want: Vec<Duration> = [0, 500, 1500, 3500, 5500, 7500].into_iter().map(MS).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn failed_cells_are_given_up_after_ten_minutes() {
+        let got = redials(Duration::from_secs(700), MS(500));
+        let last = *got.last().expect("redials");
+        assert!(last <= RETRY_GIVE_UP && last > RETRY_GIVE_UP - RETRY_MAX, "last at {last:?}");
+        // ...until it is found again or comes back.
+        let rate = got.windows(2).filter(|w| w[1] - w[0] == RETRY_MAX).count();
+        assert!(rate > 290, "every 2 s in between ({rate})");
+    }
+
+    #[test]
+    fn a_configured_name_is_resolved_and_retried_when_it_does_not_resolve() {
+        let (me, _) = pair();
+        let t0 = Instant::now();
+        let cfg: Vec<PeerAddr> = vec!["aios-desktop.local:8001".parse().expect("peer")];
+        let mut d = Dialer::new(me, &cfg, t0);
+        let links = Links::new(me);
+        let mesh = MeshView::new(me, "me");
+        let steps = d.on_tick(t0, &mesh, &links);
+        assert!(matches!(steps.as_slice(), [Step::Resolve { index: 0, port: 8001, .. }]));
+        // One resolution at a time.
+        assert!(d.on_tick(t0 + MS(600), &mesh, &links).is_empty());
+        // It failed: tried again after the backoff (0.5 s, then 1 s, ...).
+        assert!(d.resolved(0, Err("no such host".into())).is_none());
+        assert!(matches!(
+            d.on_tick(t0 + MS(700), &mesh, &links).as_slice(),
+            [Step::Resolve { .. }]
+        ));
+        // It resolved: a dial, tracked until the swarm answers.
+        let dial = d.resolved(0, Ok(addrs(&["/ip4/10.0.0.9/tcp/8001"]))).expect("a dial");
+        assert_eq!(dial.addrs, addrs(&["/ip4/10.0.0.9/tcp/8001"]));
+        let id = ConnectionId::new_unchecked(7);
+        d.started(id, dial.pending.expect("tracked"));
+        assert!(d.on_tick(t0 + MS(5000), &mesh, &links).is_empty(), "dialing");
+        // The dial failed: retried after its backoff.
+        assert_eq!(d.failed(id, "refused"), Some(addrs(&["/ip4/10.0.0.9/tcp/8001"])[0].clone()));
+        assert_eq!(d.on_tick(t0 + MS(5000), &mesh, &links).len(), 1);
+    }
+
+    #[test]
+    fn a_configured_dial_the_swarm_refuses_is_tried_again() {
+        let (me, _) = pair();
+        let t0 = Instant::now();
+        let cfg: Vec<PeerAddr> = vec!["/ip4/10.0.0.9/tcp/8001".parse().expect("peer")];
+        let mut d = Dialer::new(me, &cfg, t0);
+        let (links, mesh) = (Links::new(me), MeshView::new(me, "me"));
+        let Some(Step::Dial(dial)) = d.on_tick(t0, &mesh, &links).pop() else {
+            panic!("a dial");
+        };
+        d.not_started(dial.pending.expect("tracked"), "busy");
+        assert!(d.on_tick(t0 + MS(100), &mesh, &links).is_empty(), "backoff");
+        assert_eq!(d.on_tick(t0 + MS(600), &mesh, &links).len(), 1);
+    }
+
+    #[test]
+    fn a_register_dial_that_fails_answers_its_caller_with_a_hint() {
+        let (me, _) = pair();
+        let mut d = Dialer::new(me, &[], Instant::now());
+        let (tx, mut rx) = oneshot::channel();
+        let dial = d.register(addrs(&["/ip4/10.0.0.9/tcp/8000"])[0].clone(), tx);
+        assert_eq!(dial.peer, None);
+        let id = ConnectionId::new_unchecked(3);
+        d.started(id, dial.pending.expect("tracked"));
+        d.failed(id, "Connection refused");
+        let err = rx.try_recv().expect("answered").expect_err("an error");
+        assert!(err.to_string().contains("HTTP API"), "{err}");
+    }
+
+    #[test]
+    fn nobody_dials_itself_or_a_connected_cell() {
+        let (me, other) = pair();
+        let now = Instant::now();
+        let d = Dialer::new(me, &[], now);
+        let mut links = Links::new(me);
+        let a = addrs(&["/ip4/10.0.0.2/tcp/8001"]);
+        assert!(d.dial(me, a.clone(), FoundBy::Mdns, &links).is_none());
+        assert!(d.dial(other, Vec::new(), FoundBy::Mdns, &links).is_none());
+        assert!(d.dial(other, a.clone(), FoundBy::Mdns, &links).is_some());
+        links.established(other, ConnectionId::new_unchecked(1), true, false, &a[0], now);
+        assert!(d.dial(other, a, FoundBy::Mdns, &links).is_none());
+    }
+}

@@ -1,0 +1,271 @@
+//! The failure detector on a fake clock: no sockets, no sleeps.
+
+use super::*;
+use crate::mesh::FoundBy;
+use libp2p::swarm::ConnectionId;
+use libp2p::Multiaddr;
+
+const MS: fn(u64) -> Duration = Duration::from_millis;
+const INTERVAL: Duration = Duration::from_secs(1);
+const TIMEOUT: Duration = Duration::from_millis(400);
+const TICK: Duration = Duration::from_millis(500);
+
+/// A cell and `n` connected, alive others, in peer-id order after it
+/// (so the first of them is its ring successor).
+struct Bed {
+    me: PeerId,
+    others: Vec<PeerId>,
+    links: Links,
+    mesh: MeshView,
+    live: Liveness,
+    t0: Instant,
+}
+
+impl Bed {
+    fn new(n: usize, beats: bool) -> Self {
+        let mut ids: Vec<PeerId> = (0..=n).map(|_| PeerId::random()).collect();
+        ids.sort();
+        let me = ids.remove(0);
+        let t0 = Instant::now();
+        let mut links = Links::new(me);
+        let mut mesh = MeshView::new(me, "me");
+        let addr: Multiaddr = "/ip4/10.0.0.2/tcp/8001".parse().expect("addr");
+        for (i, p) in ids.iter().enumerate() {
+            links.established(*p, ConnectionId::new_unchecked(i), true, false, &addr, t0);
+            mesh.connected(*p, Some(&addr), FoundBy::Mdns);
+        }
+        let config = Config { probe_interval: INTERVAL, probe_timeout: TIMEOUT, beats };
+        let live = Liveness::new(me, config, TICK, t0);
+        Bed { me, others: ids, links, mesh, live, t0 }
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.t0 + MS(ms)
+    }
+
+    fn round(&mut self, ms: u64) -> Vec<Action> {
+        let now = self.at(ms);
+        self.live.probe_round(now, Peers { links: &self.links, mesh: &self.mesh })
+    }
+
+    fn outcome(&mut self, peer: PeerId, purpose: Purpose, o: Outcome, ms: u64) -> Vec<Action> {
+        let now = self.at(ms);
+        self.live.on_probe(peer, purpose, &o, now, Peers { links: &self.links, mesh: &self.mesh })
+    }
+
+    fn overdue(&mut self, ms: u64) -> Vec<Action> {
+        let now = self.at(ms);
+        self.live.beat_overdue(now, Peers { links: &self.links, mesh: &self.mesh })
+    }
+
+    /// Carries out `Fail` the way the node does.
+    fn apply(&mut self, actions: &[Action]) {
+        for a in actions {
+            if let Action::Fail(p) = a {
+                self.mesh.unreachable(*p);
+            }
+        }
+    }
+}
+
+fn probes(actions: &[Action], purpose: Purpose) -> Vec<PeerId> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Probe { peer, purpose: p, .. } if *p == purpose => Some(*peer),
+            _ => None,
+        })
+        .collect()
+}
+
+fn fails(actions: &[Action]) -> Vec<PeerId> {
+    actions.iter().filter_map(|a| if let Action::Fail(p) = a { Some(*p) } else { None }).collect()
+}
+
+#[test]
+fn the_ring_successor_is_watched_by_probes_without_beats() {
+    let mut b = Bed::new(3, false);
+    let next = b.others[0];
+    let a = b.round(0);
+    assert_eq!(a, vec![Action::Probe { peer: next, purpose: Purpose::Watch, timeout: TIMEOUT }]);
+    assert_eq!(b.live.watch(), Watch::Probe { peer: next });
+    assert_eq!(b.live.deadline(), None);
+}
+
+#[test]
+fn an_overdue_beat_suspects_the_cell_to_every_other_cell_and_verifies() {
+    let mut b = Bed::new(4, true);
+    let next = b.others[0];
+    let a = b.round(0);
+    assert_eq!(a[0], Action::WatchBeats(next));
+    assert!(matches!(b.live.watch(), Watch::Awaiting { .. }));
+    // A beat at 200 ms: due at 200 + interval + probe wait = 1600 ms.
+    assert!(b.live.on_beat(next, b.at(200)));
+    assert_eq!(b.live.deadline(), Some(b.at(1600)));
+    // A beat from a cell we do not watch changes nothing.
+    assert!(!b.live.on_beat(b.others[1], b.at(300)));
+    // Beating: the probe round sends no watch probe.
+    assert!(probes(&b.round(1000), Purpose::Watch).is_empty());
+    // Not yet overdue.
+    assert!(b.overdue(1599).is_empty());
+    let a = b.overdue(1600);
+    assert_eq!(a[0], Action::Suspected { peer: next, wait: TIMEOUT });
+    let notified: Vec<PeerId> = a
+        .iter()
+        .filter_map(|x| match x {
+            Action::Notify { to, suspect } if *suspect == next => Some(*to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(notified, b.others[1..].to_vec(), "every other connected cell is asked");
+    // The suspect and every other live cell are checked.
+    let mut verified = probes(&a, Purpose::Verify);
+    verified.sort();
+    assert_eq!(verified, b.others);
+    assert!(fails(&a).is_empty(), "a suspicion alone fails nobody");
+    // The next suspicion comes an interval (and a wait) later.
+    assert_eq!(b.live.deadline(), Some(b.at(3000)));
+}
+
+#[test]
+fn an_unanswered_check_fails_the_cell_and_an_answer_clears_it() {
+    let mut b = Bed::new(8, false);
+    let next = b.others[0];
+    b.round(0);
+    let a = b.outcome(next, Purpose::Watch, Outcome::Silent, 400);
+    assert!(matches!(a[0], Action::Suspected { .. }));
+    let a = b.outcome(next, Purpose::Verify, Outcome::Silent, 800);
+    assert_eq!(fails(&a), vec![next]);
+    b.apply(&a);
+    // A failed cell is not probed for the watch: the ring moves on, and
+    // the failed one is probed to see whether it is back.
+    let a = b.round(1000);
+    assert_eq!(probes(&a, Purpose::Watch), vec![b.others[1]]);
+    assert_eq!(probes(&a, Purpose::Revive), vec![next]);
+    // A silent revive probe is nothing new; an answer ends the silence.
+    assert!(b.outcome(next, Purpose::Revive, Outcome::Silent, 1400).is_empty());
+    b.outcome(next, Purpose::Revive, Outcome::Answered(MS(3)), 2400);
+    assert!(probes(&b.round(3000), Purpose::Revive).is_empty());
+}
+
+#[test]
+fn many_cells_silent_at_once_stretch_the_wait_rather_than_fail() {
+    let mut b = Bed::new(4, false);
+    let others = b.others.clone();
+    let mut failed = Vec::new();
+    for (i, p) in others.iter().enumerate() {
+        let a = b.outcome(*p, Purpose::Verify, Outcome::Silent, 100 + i as u64);
+        failed.extend(fails(&a));
+        if i >= 2 {
+            // The third silent cell of four: this cell is suspect; it
+            // checks again, with a longer wait.
+            assert_eq!(fails(&a), vec![]);
+            let wait = match &a[0] {
+                Action::Probe { timeout, .. } => *timeout,
+                other => panic!("expected a probe, got {other:?}"),
+            };
+            assert_eq!(wait, TIMEOUT * (1 + b.live.health_score()));
+        }
+    }
+    assert_eq!(failed, others[..2].to_vec());
+    assert_eq!(b.live.health_score(), 2);
+}
+
+#[test]
+fn a_silent_cell_is_disconnected_after_ten_seconds() {
+    let mut b = Bed::new(8, false);
+    let p = b.others[3];
+    let a = b.outcome(p, Purpose::Verify, Outcome::Silent, 0);
+    assert_eq!(fails(&a), vec![p]);
+    let (_, a) = b.live.on_tick(b.at(10_000));
+    assert!(a.is_empty(), "not before 10 s");
+    let (_, a) = b.live.on_tick(b.at(10_001));
+    assert_eq!(a, vec![Action::Disconnect(p)]);
+    // Once.
+    let (_, a) = b.live.on_tick(b.at(10_500));
+    assert!(a.is_empty());
+    // A cell heard from in the meantime is kept.
+    let q = b.others[4];
+    b.outcome(q, Purpose::Verify, Outcome::Silent, 11_000);
+    b.live.heard(q);
+    let (_, a) = b.live.on_tick(b.at(30_000));
+    assert!(a.is_empty());
+}
+
+#[test]
+fn no_first_beat_within_three_seconds_means_tcp_probes() {
+    let mut b = Bed::new(2, true);
+    let next = b.others[0];
+    let a = b.round(0);
+    assert_eq!(a[0], Action::WatchBeats(next));
+    // Awaiting its first beat: probed meanwhile.
+    for ms in [1000, 2000, 3000] {
+        let a = b.round(ms);
+        assert_eq!(probes(&a, Purpose::Watch), vec![next], "at {ms} ms");
+        assert!(!a.contains(&Action::UnwatchBeats), "at {ms} ms");
+    }
+    let a = b.round(3001);
+    assert_eq!(probes(&a, Purpose::Watch), vec![next]);
+    assert!(a.contains(&Action::UnwatchBeats));
+    assert_eq!(b.live.watch(), Watch::Probe { peer: next });
+    // A late beat does not bring it back; nor does watching it again.
+    assert!(!b.live.on_beat(next, b.at(3100)));
+    assert_eq!(b.live.watch(), Watch::Probe { peer: next });
+}
+
+#[test]
+fn beats_that_stop_while_probes_are_answered_mean_tcp_probes() {
+    let mut b = Bed::new(2, true);
+    let next = b.others[0];
+    b.round(0);
+    b.live.on_beat(next, b.at(100));
+    // An answered probe soon after a beat changes nothing.
+    assert!(b.outcome(next, Purpose::Verify, Outcome::Answered(MS(1)), 600).is_empty());
+    // Long after the last beat: UDP no longer gets through.
+    let a = b.outcome(next, Purpose::Verify, Outcome::Answered(MS(1)), 1600);
+    assert_eq!(a, vec![Action::UnwatchBeats]);
+    assert_eq!(b.live.watch(), Watch::Probe { peer: next });
+}
+
+#[test]
+fn a_refused_subscription_or_a_busy_task_means_tcp_probes() {
+    let mut b = Bed::new(2, true);
+    let next = b.others[0];
+    b.round(0);
+    assert_eq!(b.live.on_subscribed(next, false), vec![Action::UnwatchBeats]);
+    assert_eq!(b.live.watch(), Watch::Probe { peer: next });
+    let mut c = Bed::new(2, true);
+    c.round(0);
+    c.live.beat_task_busy();
+    assert_eq!(c.live.watch(), Watch::Probe { peer: c.others[0] });
+}
+
+#[test]
+fn notices_are_checked_unless_they_are_about_us() {
+    let mut b = Bed::new(3, false);
+    let (from, suspect) = (b.others[0], b.others[1]);
+    let peers = Peers { links: &b.links, mesh: &b.mesh };
+    let a = b.live.on_notice(from, suspect, peers);
+    assert_eq!(probes(&a, Purpose::Verify), vec![suspect]);
+    let me = b.me;
+    assert!(b.live.on_notice(from, me, peers).is_empty());
+    // A cell that does not speak the probe protocol is judged by ping.
+    let c = b.others[2];
+    let now = b.at(0);
+    b.live.on_probe(c, Purpose::Watch, &Outcome::Unsupported, now, peers);
+    assert!(b.live.on_notice(from, c, peers).is_empty());
+    assert!(b.live.ping_failed(&c));
+    b.live.disconnected(&c);
+    assert!(!b.live.ping_failed(&c));
+}
+
+#[test]
+fn an_overdue_beat_of_a_cell_no_longer_alive_suspects_nobody() {
+    let mut b = Bed::new(2, true);
+    let next = b.others[0];
+    b.round(0);
+    b.live.on_beat(next, b.at(100));
+    b.mesh.unreachable(next);
+    assert!(b.overdue(1500).is_empty());
+    assert_eq!(b.live.deadline(), None);
+}

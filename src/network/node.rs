@@ -1,0 +1,1178 @@
+//! The node: the one task that owns the swarm, its channels and timers. It
+//! reads the clock once per event, hands the event to the component whose
+//! concern it is, and carries out the actions that come back, in order:
+//!
+//! - [`Links`]: connections, "connected?", which links to prune;
+//! - [`Dialer`]: whom to dial and when, configured peers, `/register`;
+//! - [`Liveness`]: the ring watch, suspicion, local health;
+//! - [`Membership`]: hello, sync, leave and suspect exchanges;
+//! - [`Local`] and [`gossip`]: this cell's record, incoming records;
+//! - [`BeyondLan`]: Kademlia, AutoNAT, relays;
+//! - [`Publisher`]: snapshots, status events, the state to save.
+//!
+//! It never awaits anything but the swarm, its channels and its timers:
+//! replies go through oneshots and snapshots through `watch`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, TopicHash};
+use libp2p::metrics::Recorder;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{identify, mdns, ping, Multiaddr, PeerId, Swarm};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::beyond_lan::{self, BeyondLan};
+use super::dialer::{Dial, Dialer, Step};
+use super::gossip::{self, Incoming};
+use super::handle::{Command, Handle, SyncOutcome};
+use super::links::Links;
+use super::liveness::{self, Liveness, Peers};
+use super::local::Local;
+use super::membership::{self, Membership, Request};
+use super::protocol::{CellRecord, RegisterRequest, RegisterResponse, RequestKind, TOPIC};
+use super::publisher::Publisher;
+use super::tasks::{Tasks, Wiring};
+use super::{handshake, Behaviour, BehaviourEvent, NetworkError};
+use crate::config::Config;
+use crate::mesh::{
+    FoundBy, LocalState, Merge, MeshEvent, MeshView, PeerState, Snapshot, Transition,
+};
+use crate::metrics::{CellMetrics, ProbeLabels, ReasonLabel, RegistrationLabels};
+use crate::state::{RememberedPeer, State};
+
+/// Mesh events buffered for `GET /events` subscribers; a subscriber that
+/// falls this far behind is dropped rather than slow the loop.
+pub const EVENT_BUFFER: usize = 256;
+/// Commands waiting for the loop. HTTP handlers fail fast with 503 when it
+/// is full rather than queue without bound.
+pub(crate) const COMMAND_CHANNEL: usize = 256;
+/// How often the loop reconciles: redials, prunes duplicate connections,
+/// publishes RTT changes.
+pub(crate) const TICK: Duration = Duration::from_millis(500);
+/// How long shutdown waits for cells to acknowledge the leave notice.
+const LEAVE_WAIT: Duration = Duration::from_millis(1000);
+
+/// Owns the swarm; run it with [`Node::run`].
+pub struct Node {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    topic: IdentTopic,
+    topic_hash: TopicHash,
+    mesh: MeshView,
+    local: Local,
+    links: Links,
+    dialer: Dialer,
+    liveness: Liveness,
+    membership: Membership<OutboundRequestId>,
+    beyond: BeyondLan,
+    publisher: Publisher,
+    tasks: Tasks,
+    handshakes: handshake::Explainer,
+    metrics: CellMetrics,
+    p2p_metrics: libp2p::metrics::Metrics,
+    /// How often records are exchanged with one cell in turn (anti-entropy).
+    exchange_every: Duration,
+    /// Cells from the last run, dialed once at start.
+    rejoin: Vec<(PeerId, Vec<Multiaddr>)>,
+}
+
+impl Node {
+    /// Starts listening and returns the node and a handle to it.
+    pub fn new(
+        mut swarm: Swarm<Behaviour>,
+        config: &Config,
+        metrics: CellMetrics,
+        p2p_metrics: libp2p::metrics::Metrics,
+        restored: Option<State>,
+        state_tx: watch::Sender<Option<State>>,
+    ) -> Result<(Node, Handle), NetworkError> {
+        super::listen(&mut swarm, config)?;
+        let topic = IdentTopic::new(TOPIC);
+        swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
+        let local_peer = *swarm.local_peer_id();
+        let (mut level, mut saved_seq, mut rejoin) = (config.consciousness_level, 0, Vec::new());
+        if let Some(s) = restored {
+            // The level is the cell's own runtime state and survives; the
+            // branch comes from the configuration, which may have changed.
+            tracing::info!(
+                level = s.level,
+                peers = s.peers.len(),
+                "restored state from the last run"
+            );
+            level = s.level;
+            saved_seq = s.seq;
+            rejoin = s.peers.iter().filter_map(RememberedPeer::parsed).collect();
+        }
+        let local =
+            Local::new(local_peer, config.cell_id.clone(), config.branch.clone(), level, saved_seq);
+        metrics
+            .info
+            .get_or_create(&crate::metrics::InfoLabels {
+                cell_id: local.cell_id.clone(),
+                branch: local.branch.clone(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        let (tx, commands) = mpsc::channel(COMMAND_CHANNEL);
+        let first = Snapshot {
+            local: local_state(&local, "unknown", Vec::new()),
+            peers: Vec::new(),
+            degraded: None,
+        };
+        metrics.observe(&first);
+        let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(first));
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let handle = Handle::new(
+            tx,
+            snapshot_rx,
+            events.clone(),
+            config.tuning.command_timeout(),
+            metrics.rejected_commands.clone(),
+        );
+        let now = Instant::now();
+        let control = swarm.behaviour().stream.new_control();
+        let tasks = Tasks::new(config, control, config.peers.len());
+        let live_config = liveness::Config {
+            probe_interval: config.tuning.probe_interval(),
+            probe_timeout: config.tuning.probe_timeout(),
+            beats: tasks.beats_on(),
+        };
+        let node = Node {
+            commands,
+            topic_hash: topic.hash(),
+            topic,
+            mesh: MeshView::new(local_peer, &config.cell_id),
+            local,
+            links: Links::new(local_peer),
+            dialer: Dialer::new(local_peer, &config.peers, now),
+            liveness: Liveness::new(local_peer, live_config, TICK, now),
+            membership: Membership::new(),
+            beyond: BeyondLan::new(config.mdns, now),
+            publisher: Publisher::new(snapshot_tx, state_tx, events, metrics.clone()),
+            tasks,
+            handshakes: handshake::Explainer::new(config.swarm_key.is_some()),
+            metrics,
+            p2p_metrics,
+            exchange_every: config.tuning.heartbeat(),
+            rejoin,
+            swarm,
+        };
+        Ok((node, handle))
+    }
+
+    /// Runs until `shutdown` fires, then announces leaving and returns.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut tick = interval(TICK);
+        let mut exchange = interval(self.exchange_every);
+        exchange.tick().await;
+        let mut probe_tick = interval(self.liveness_interval());
+        let Wiring { mut probe_results, mut beat_events, mut resolved, mut interfaces } =
+            self.tasks.spawn(shutdown.child_token());
+        for (peer, addrs) in std::mem::take(&mut self.rejoin) {
+            let dial = self.dialer.dial(peer, addrs, FoundBy::Rejoin, &self.links);
+            self.start_dials(dial);
+        }
+        loop {
+            let due = self.publisher.coalescer.due().map(tokio::time::Instant::from_std);
+            let beat_due = self.liveness.deadline().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(change) = next_interface_change(&mut interfaces) => self.on_interface(change),
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(cmd) = self.commands.recv() => {
+                    self.on_command(cmd);
+                    // What a caller changed is visible at once.
+                    if self.publisher.coalescer.is_dirty() {
+                        self.publish();
+                    }
+                }
+                _ = sleep_until(due) => self.publish(),
+                _ = tick.tick() => self.on_tick(Instant::now()),
+                _ = probe_tick.tick() => self.probe_round(Instant::now()),
+                Some(result) = probe_results.recv() => self.on_probe(result),
+                Some(event) = beat_events.recv() => self.on_beat(event),
+                _ = sleep_until(beat_due) => {
+                    let actions = self.liveness.beat_overdue(Instant::now(), Peers { links: &self.links, mesh: &self.mesh });
+                    self.live(actions);
+                }
+                Some((index, addrs)) = resolved.recv() => {
+                    let dial = self.dialer.resolved(index, addrs);
+                    self.start_dials(dial);
+                }
+                // Anti-entropy only: one record exchange, unless the watched
+                // cell's beats showed that our views agree (they compare every
+                // second; a difference is synced as it shows, see `on_beat`).
+                // Records go on gossip only when they change: republishing
+                // every cell's record each 30 s cost each cell ~7 KB/s at 20
+                // cells (gossipsub's mesh copies and IHAVE rounds).
+                _ = exchange.tick() => {
+                    if !self.membership.agreed_within(Instant::now(), self.exchange_every) {
+                        if let Some(peer) = self.membership.next_exchange(self.links.peers()) {
+                            self.send_sync(peer);
+                        }
+                    }
+                }
+            }
+            // Swarm events come in bursts (a cell joining brings its
+            // connection, identify, subscriptions, records): one snapshot
+            // for the burst, not one per event.
+            if self.publisher.coalescer.after_event(Instant::now()) {
+                self.publish();
+            }
+        }
+        self.leave().await;
+    }
+
+    fn liveness_interval(&self) -> Duration {
+        self.tasks.probe_interval
+    }
+
+    // ---- commands -------------------------------------------------------
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::SetLevel { level, reply } => {
+                let old = self.local.level;
+                if let Some(l) = level {
+                    self.local.level = l;
+                }
+                if self.local.level != old {
+                    self.publisher.emit(MeshEvent::LevelChanged {
+                        peer_id: self.local.peer.to_base58(),
+                        cell_id: Some(self.local.cell_id.clone()),
+                        level: self.local.level,
+                        old_level: Some(old),
+                        is_self: true,
+                    });
+                }
+                let reached = self.publish_own("sync");
+                self.publish();
+                let _ = reply.send(SyncOutcome {
+                    old_level: old,
+                    new_level: self.local.level,
+                    network_level: self.publisher.latest().network_level(),
+                    reached,
+                    seq: self.local.seq,
+                });
+            }
+            Command::Register { addr, reply } => {
+                let dial = self.dialer.register(addr, reply);
+                self.start_dials(Some(dial));
+            }
+        }
+    }
+
+    // ---- dials ----------------------------------------------------------
+
+    /// Starts dials, noting each the swarm took.
+    fn start_dials(&mut self, dials: impl IntoIterator<Item = Dial>) {
+        for d in dials {
+            let opts = match d.peer {
+                Some(p) => {
+                    let condition = if d.while_connected {
+                        PeerCondition::NotDialing
+                    } else {
+                        PeerCondition::DisconnectedAndNotDialing
+                    };
+                    let o = DialOpts::peer_id(p).addresses(d.addrs).condition(condition);
+                    if d.new_port {
+                        o.allocate_new_port().build()
+                    } else {
+                        o.build()
+                    }
+                }
+                None => {
+                    let Some(addr) = d.addrs.into_iter().next() else { continue };
+                    DialOpts::unknown_peer_id().address(addr).allocate_new_port().build()
+                }
+            };
+            let id = opts.connection_id();
+            match (self.swarm.dial(opts), d.pending) {
+                (Ok(()), Some(p)) => self.dialer.started(id, p),
+                (Err(e), Some(p)) => self.dialer.not_started(p, &e.to_string()),
+                (_, None) => {}
+            }
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        let (late, actions) = self.liveness.on_tick(now);
+        if let Some(late) = late {
+            tracing::debug!(
+                ?late,
+                strain = self.liveness.health_score(),
+                "this cell runs late: waiting longer for probes"
+            );
+        }
+        self.metrics.health_score.set(self.liveness.health_score().into());
+        let dials = self.dialer.dial_known(now, &self.mesh, &self.links, self.beyond.nets());
+        self.start_dials(dials);
+        for step in self.dialer.on_tick(now, &self.mesh, &self.links) {
+            match step {
+                Step::Dial(d) => self.start_dials(Some(d)),
+                Step::Resolve { index, host, port } => self.tasks.resolve(index, host, port),
+            }
+        }
+        self.live(actions);
+        let upgrades = self.links.tcp_upgrades(now, |p| self.mesh.addrs_of(p));
+        for (peer, tcp) in upgrades {
+            tracing::debug!(%peer, "linked over QUIC only; dialing TCP too");
+            let dial = self.dialer.dial_tcp_beside(peer, tcp);
+            self.start_dials(Some(dial));
+        }
+        let actions = self.beyond.on_tick(now, &self.links, &self.mesh);
+        self.beyond_lan(actions);
+        for peer in self.membership.needs_hello(self.links.peers()) {
+            self.send_hello(peer, None);
+        }
+        for c in self.links.to_prune(now) {
+            self.swarm.close_connection(c);
+        }
+        self.publisher.coalescer.tick();
+    }
+
+    // ---- liveness -------------------------------------------------------
+
+    fn probe_round(&mut self, now: Instant) {
+        self.tasks.set_view(self.view_hash());
+        let before = self.liveness.watch().peer();
+        let actions =
+            self.liveness.probe_round(now, Peers { links: &self.links, mesh: &self.mesh });
+        let after = self.liveness.watch().peer();
+        if before != after {
+            tracing::debug!(peer = ?after.map(|p| p.to_base58()), "watching the next cell in the ring");
+            self.membership.watch_changed();
+        }
+        self.live(actions);
+    }
+
+    /// Carries out the failure detector's actions, in order.
+    fn live(&mut self, actions: Vec<liveness::Action>) {
+        use liveness::Action as A;
+        for a in actions {
+            match a {
+                A::Probe { peer, purpose, timeout } => {
+                    if !self.tasks.probe(peer, purpose, timeout) {
+                        tracing::debug!(%peer, ?purpose, "prober busy; probe skipped");
+                    }
+                }
+                A::Suspected { peer, wait } => {
+                    tracing::debug!(%peer, ?wait, "probe unanswered; asking every cell to check");
+                    self.metrics.suspects_sent.inc();
+                }
+                A::Notify { to, suspect } => {
+                    let req = RegisterRequest {
+                        suspect: Some(suspect.to_base58()),
+                        ..RegisterRequest::new(RequestKind::Suspect, self.local.record(false))
+                    };
+                    let id = self.swarm.behaviour_mut().register.send_request(&to, req);
+                    self.membership.sent(id, Request::Suspect);
+                }
+                A::Fail(peer) => {
+                    let t = self.mesh.unreachable(peer);
+                    self.transition(t);
+                }
+                A::Disconnect(peer) => {
+                    tracing::debug!(%peer, "still no probe answer; closing its connections");
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+                A::WatchBeats(peer) => {
+                    if !self.tasks.beat(super::beat::BeatCommand::Watch(peer)) {
+                        self.liveness.beat_task_busy();
+                    }
+                }
+                A::UnwatchBeats => {
+                    if !self.tasks.beat(super::beat::BeatCommand::Unwatch) {
+                        self.liveness.beat_task_busy();
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_probe(&mut self, r: super::probe::ProbeResult) {
+        let labels = ProbeLabels { purpose: r.purpose.as_str(), outcome: r.outcome.as_str() };
+        self.metrics.probes.get_or_create(&labels).inc();
+        let now = Instant::now();
+        let actions = self.liveness.on_probe(
+            r.peer,
+            r.purpose,
+            &r.outcome,
+            now,
+            Peers { links: &self.links, mesh: &self.mesh },
+        );
+        self.live(actions);
+        if let super::probe::Outcome::Answered(rtt) = r.outcome {
+            let t = self.mesh.rtt(r.peer, rtt);
+            if t.is_some() {
+                tracing::debug!(peer = %r.peer, ?rtt, "a silent cell answers again");
+            }
+            self.transition(t);
+            self.publisher.coalescer.soft();
+        }
+    }
+
+    fn on_beat(&mut self, event: super::beat::BeatEvent) {
+        use super::beat::BeatEvent;
+        match event {
+            BeatEvent::Beat { peer, at, view } => {
+                if !self.liveness.on_beat(peer, at) {
+                    return;
+                }
+                self.metrics.beats_received.inc();
+                if self.membership.on_view(peer, view, self.view_hash(), at) {
+                    tracing::debug!(%peer, "its view differs from ours; synced");
+                    self.metrics.view_syncs.inc();
+                    self.send_sync(peer);
+                }
+            }
+            BeatEvent::Subscribed { peer, accepted } => {
+                let actions = self.liveness.on_subscribed(peer, accepted);
+                self.live(actions);
+            }
+            BeatEvent::Ended { peer } => self.liveness.on_beats_ended(peer),
+        }
+    }
+
+    /// The hash of our view (every record we hold at its `seq`, ours
+    /// included) that beats carry.
+    fn view_hash(&self) -> u32 {
+        super::beat::view_hash(
+            self.mesh.digest().chain(std::iter::once((self.local.peer, self.local.seq))),
+        )
+    }
+
+    // ---- the mesh view --------------------------------------------------
+
+    fn transition(&mut self, t: Option<Transition>) {
+        let Some(t) = t else { return };
+        let cell = self.mesh.get(&t.peer).and_then(|e| e.cell_id.clone()).filter(|c| !c.is_empty());
+        let name = cell.clone().unwrap_or_default();
+        match (t.from, t.to) {
+            (None, _) => tracing::info!(peer = %t.peer, cell = name, "cell joined"),
+            (_, PeerState::Alive) => tracing::info!(peer = %t.peer, cell = name, "cell is back"),
+            (_, PeerState::Failed) => tracing::warn!(peer = %t.peer, cell = name, "cell failed"),
+            (_, PeerState::Left) => tracing::info!(peer = %t.peer, cell = name, "cell left"),
+        }
+        self.publisher.emit(MeshEvent::from_transition(&t, cell));
+        self.publisher.coalescer.dirty();
+        if t.to == PeerState::Alive {
+            self.dialer.forget_retry(&t.peer);
+        }
+    }
+
+    /// Merges a record into the mesh view, emitting the level change and
+    /// state transition it causes.
+    fn merge_record(
+        &mut self,
+        peer: PeerId,
+        record: &CellRecord,
+        found: FoundBy,
+        direct: bool,
+    ) -> Merge {
+        let old_level = self.mesh.get(&peer).and_then(|e| e.consciousness_level);
+        let (merge, t) = self.mesh.merge(peer, record, found, direct);
+        match merge {
+            Merge::Conflict => {
+                let owner = self.mesh.claimed_by_other(peer, &record.cell_id);
+                tracing::warn!(
+                    %peer,
+                    cell_id = record.cell_id,
+                    owner = ?owner.map(|o| o.to_base58()),
+                    "refused a record: its cell_id belongs to another live cell (two machines with one name? set AIOS_CELL_ID)"
+                );
+                self.reject("cell_id_taken");
+                return merge;
+            }
+            Merge::Stale => return merge,
+            Merge::New if !direct && !self.links.is_connected(&peer) => {
+                // A cell we had not heard of: let the DHT find it soon.
+                self.beyond.kick(Instant::now());
+            }
+            _ => {}
+        }
+        self.publisher.coalescer.dirty();
+        if old_level != Some(record.level) {
+            self.publisher.emit(MeshEvent::LevelChanged {
+                peer_id: peer.to_base58(),
+                cell_id: Some(record.cell_id.clone()),
+                level: record.level,
+                old_level,
+                is_self: false,
+            });
+        }
+        self.transition(t);
+        merge
+    }
+
+    fn reject(&self, reason: &'static str) {
+        self.metrics.gossip_rejected.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// A record under our key that we may not have made (see `Local::check_clone`).
+    fn check_clone(&mut self, record: &CellRecord, via: &str) {
+        if self.local.check_clone(record, via) {
+            self.publisher.coalescer.dirty();
+            self.publish_own("a clone of this cell");
+        }
+    }
+
+    /// Publishes this cell's record with a new `seq`; returns how many cells
+    /// it was sent to.
+    fn publish_own(&mut self, why: &str) -> usize {
+        self.local.bump();
+        let data = self.local.record(false).to_cbor();
+        let topic = &self.topic_hash;
+        let reached = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_peers()
+            .filter(|(_, t)| t.contains(&topic))
+            .count();
+        match self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), data) {
+            Ok(_) => {
+                self.metrics.gossip_sent.inc();
+                tracing::debug!(why, seq = self.local.seq, reached, "published record");
+                reached
+            }
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => 0,
+            Err(e) => {
+                tracing::warn!(why, error = %e, "publishing record failed");
+                0
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let mut peers = self.mesh.entries();
+        for e in &mut peers {
+            if let Ok(p) = e.peer_id.parse::<PeerId>() {
+                e.relayed = self.links.relayed_only(&p);
+            }
+        }
+        let snap = Snapshot {
+            local: local_state(
+                &self.local,
+                self.beyond.reachability().as_str(),
+                self.beyond.relays(),
+            ),
+            peers,
+            degraded: self.local.degraded.clone(),
+        };
+        self.publisher.publish(snap);
+    }
+
+    // ---- swarm events ---------------------------------------------------
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.p2p_metrics.record(&event);
+        let now = Instant::now();
+        match event {
+            SwarmEvent::Behaviour(e) => self.on_behaviour(e, now),
+            SwarmEvent::ListenerClosed { listener_id, reason, .. }
+                if self.beyond.listener_closed(listener_id) =>
+            {
+                tracing::debug!(?reason, "relay listener closed");
+                self.publisher.coalescer.dirty();
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening (libp2p)");
+                self.local.listening(address);
+                self.publisher.coalescer.dirty();
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.local.not_listening(&address);
+                self.publisher.coalescer.dirty();
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                let (addr, dialer) = (endpoint.get_remote_address(), endpoint.is_dialer());
+                tracing::debug!(peer = %peer_id, ?connection_id, %addr, dialer, "connection established");
+                let (origin, reply) = self.dialer.established(connection_id, peer_id, dialer);
+                if self.links.established(
+                    peer_id,
+                    connection_id,
+                    dialer,
+                    endpoint.is_relayed(),
+                    addr,
+                    now,
+                ) {
+                    // A cell we were not connected to: the DHT may know more now.
+                    self.beyond.kick(now);
+                }
+                let dialed = dialer.then(|| super::addr::strip_p2p(addr));
+                let t = self.mesh.connected(peer_id, dialed.as_ref(), origin);
+                self.transition(t);
+                self.tasks.set_beat_ip(peer_id, self.links.direct_ip(&peer_id));
+                // A new connection proves the cell is there.
+                self.liveness.heard(peer_id);
+                self.publisher.coalescer.dirty();
+                // Exchange records with every newly connected cell. Both sides
+                // may send (a simultaneous dial): harmless, and it does not
+                // depend on which twin connection survives pruning.
+                if reply.is_some() || !self.membership.has_exchanged(&peer_id) {
+                    self.send_hello(peer_id, reply);
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, .. } => {
+                tracing::debug!(peer = %peer_id, ?connection_id, ?cause, "connection closed");
+                let last = self.links.closed(peer_id, connection_id);
+                self.tasks.set_beat_ip(peer_id, self.links.direct_ip(&peer_id));
+                if last {
+                    tracing::debug!(peer = %peer_id, "last connection closed");
+                    self.liveness.disconnected(&peer_id);
+                    self.membership.disconnected(&peer_id);
+                    let actions = self.beyond.disconnected(&peer_id);
+                    self.beyond_lan(actions);
+                    let t = self.mesh.disconnected(peer_id);
+                    self.transition(t);
+                    self.publisher.coalescer.dirty();
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+                let failure = handshake::Failure::of_dial(&error);
+                let addr = self.dialer.failed(connection_id, &failure.to_string());
+                let remote = peer_id
+                    .map(|p| p.to_base58())
+                    .or_else(|| addr.map(|a| a.to_string()))
+                    .unwrap_or_default();
+                self.handshakes.explain(&remote, &failure);
+                if let Some(peer) = peer_id.filter(|p| !self.links.is_connected(p)) {
+                    let t = self.mesh.unreachable(peer);
+                    self.transition(t);
+                }
+            }
+            SwarmEvent::IncomingConnectionError { error, send_back_addr, .. } => {
+                tracing::debug!(from = %send_back_addr, error = %error, "incoming connection failed");
+                let ip = super::addr::ip_of(&send_back_addr)
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default();
+                self.handshakes.explain(&ip, &handshake::Failure::of_listen(&error));
+            }
+            _ => {}
+        }
+    }
+
+    fn on_behaviour(&mut self, event: BehaviourEvent, now: Instant) {
+        match event {
+            BehaviourEvent::Gossipsub(e) => {
+                self.p2p_metrics.record(&e);
+                self.on_gossip(e);
+            }
+            BehaviourEvent::Register(e) => self.on_register(e),
+            BehaviourEvent::Identify(e) => {
+                self.p2p_metrics.record(&e);
+                if let identify::Event::Received { peer_id, info, .. } = e {
+                    if info.protocol_version != super::protocol::IDENTIFY_PROTOCOL {
+                        tracing::debug!(peer = %peer_id, version = info.protocol_version, "peer speaks another identify protocol");
+                    }
+                    self.mesh.identified(peer_id, &info.agent_version, &info.listen_addrs);
+                    let actions = self.beyond.on_identified(
+                        peer_id,
+                        &info,
+                        &self.local.listen_addrs,
+                        &self.links,
+                        &self.mesh,
+                    );
+                    self.beyond_lan(actions);
+                    self.publisher.coalescer.soft();
+                }
+            }
+            BehaviourEvent::Ping(e) => {
+                self.p2p_metrics.record(&e);
+                self.on_ping(e);
+            }
+            BehaviourEvent::Mdns(e) => self.on_mdns(e, now),
+            BehaviourEvent::Kad(e) => {
+                self.p2p_metrics.record(&e);
+                self.on_kad(e);
+            }
+            BehaviourEvent::Autonat(libp2p::autonat::Event::StatusChanged { old, new }) => {
+                let actions = self.beyond.on_autonat(&new, now, &self.links);
+                tracing::info!(
+                    ?old,
+                    ?new,
+                    "AutoNAT: reachability is {}",
+                    self.beyond.reachability().as_str()
+                );
+                self.beyond_lan(actions);
+                self.publisher.coalescer.dirty();
+            }
+            BehaviourEvent::Autonat(_) => {}
+            BehaviourEvent::Relay(e) => {
+                self.p2p_metrics.record(&e);
+                tracing::debug!(event = ?e, "relay (serving)");
+            }
+            BehaviourEvent::RelayClient(libp2p::relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            }) => {
+                if !renewal {
+                    tracing::info!(relay = %relay_peer_id, "reachable through a relay");
+                }
+                self.beyond.relay_accepted(relay_peer_id);
+                self.publisher.coalescer.dirty();
+            }
+            BehaviourEvent::RelayClient(other) => tracing::debug!(event = ?other, "relay client"),
+            BehaviourEvent::Dcutr(e) => {
+                self.p2p_metrics.record(&e);
+                match e.result {
+                    Ok(_) => {
+                        tracing::info!(peer = %e.remote_peer_id, "hole punching: direct link made")
+                    }
+                    Err(err) => {
+                        tracing::info!(peer = %e.remote_peer_id, error = %err, "hole punching failed; staying relayed")
+                    }
+                }
+            }
+            BehaviourEvent::Limits(never) => match never {},
+            BehaviourEvent::Stream(()) => {}
+        }
+    }
+
+    fn on_interface(&mut self, change: std::io::Result<if_watch::IfEvent>) {
+        match change {
+            Ok(if_watch::IfEvent::Up(net)) => {
+                tracing::debug!(%net, "interface address up");
+                self.beyond.interface_up(net);
+            }
+            Ok(if_watch::IfEvent::Down(net)) => {
+                tracing::debug!(%net, "interface address down");
+                self.beyond.interface_down(&net);
+            }
+            Err(e) => tracing::debug!(error = %e, "interface watch"),
+        }
+    }
+
+    /// Carries out what the beyond-the-LAN component asks.
+    fn beyond_lan(&mut self, actions: Vec<beyond_lan::Action>) {
+        use beyond_lan::Action as A;
+        for a in actions {
+            match a {
+                A::KadAddress { peer, addr } => {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                }
+                A::KadRound { announce } => {
+                    let key = libp2p::kad::RecordKey::new(&super::protocol::MESH_KEY);
+                    let kad = &mut self.swarm.behaviour_mut().kad;
+                    if announce {
+                        if let Err(e) = kad.start_providing(key.clone()) {
+                            tracing::warn!(error = %e, "cannot announce this cell in the DHT");
+                        }
+                    }
+                    kad.get_providers(key);
+                }
+                A::AddAutonatServer(p) => self.swarm.behaviour_mut().autonat.add_server(p, None),
+                A::RemoveAutonatServer(p) => self.swarm.behaviour_mut().autonat.remove_server(&p),
+                A::ListenRelay { relay, circuit } => match self.swarm.listen_on(circuit.clone()) {
+                    Ok(id) => {
+                        tracing::info!(%relay, addr = %circuit, "private: asking a cell to relay for us");
+                        self.beyond.relay_listening(relay, id);
+                    }
+                    Err(e) => tracing::warn!(%relay, error = %e, "cannot listen through relay"),
+                },
+                A::RemoveListener(id) => {
+                    self.swarm.remove_listener(id);
+                }
+            }
+        }
+    }
+
+    fn on_kad(&mut self, e: libp2p::kad::Event) {
+        use libp2p::kad::{Event, GetProvidersOk, QueryResult};
+        match e {
+            Event::OutboundQueryProgressed {
+                result:
+                    QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders { providers, .. })),
+                ..
+            } => {
+                for peer in providers {
+                    if let Some(dial) = self.dialer.dial_provider(peer, &self.links) {
+                        tracing::debug!(%peer, "Kademlia: a cell provides the mesh topic");
+                        self.start_dials(Some(dial));
+                    }
+                }
+            }
+            Event::RoutingUpdated { peer, is_new_peer: true, .. } => {
+                tracing::debug!(%peer, "Kademlia: added to the routing table");
+            }
+            Event::OutboundQueryProgressed { result, .. } => {
+                tracing::trace!(?result, "Kademlia query progressed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_mdns(&mut self, e: mdns::Event, now: Instant) {
+        let mdns::Event::Discovered(list) = e else { return };
+        let mut by_peer: std::collections::HashMap<PeerId, Vec<Multiaddr>> = Default::default();
+        for (peer, addr) in list {
+            by_peer.entry(peer).or_default().push(addr);
+        }
+        for (peer, addrs) in by_peer {
+            if peer == self.local.peer {
+                continue;
+            }
+            tracing::debug!(%peer, ?addrs, "mDNS discovered");
+            let actions = self.beyond.on_mdns(peer);
+            self.beyond_lan(actions);
+            if self.mesh.discovered(peer, &addrs, FoundBy::Mdns) {
+                self.publisher.coalescer.dirty();
+            }
+            // Rediscovery of a failed cell: try it now.
+            self.dialer.forget_retry(&peer);
+            // A cell's mDNS answer holds its QUIC and TCP addresses as
+            // separate records, which can arrive in separate events. Dialing
+            // on the QUIC one alone costs a QUIC (TLS) handshake, then a TCP
+            // one to replace it (a third of a cell's start-up CPU at 20
+            // cells): wait for the TCP record, which comes at once (the tick
+            // dials whatever is known otherwise).
+            let known = self.mesh.addrs_of(&peer);
+            if known.iter().any(super::addr::is_tcp) && self.dialer.may_dial(peer, now) {
+                let dial = self.dialer.dial(peer, known, FoundBy::Mdns, &self.links);
+                self.start_dials(dial);
+            }
+        }
+    }
+
+    /// Pings measure round trips (`rtt_ms`); probes judge liveness, except
+    /// for cells that do not speak the probe protocol, which a failed ping
+    /// fails.
+    fn on_ping(&mut self, e: ping::Event) {
+        match e.result {
+            Ok(rtt) => {
+                let t = self.mesh.rtt(e.peer, rtt);
+                if t.is_some() {
+                    self.liveness.heard(e.peer);
+                }
+                self.transition(t);
+                self.publisher.coalescer.soft();
+            }
+            Err(ping::Failure::Unsupported) => {}
+            Err(failure) if self.liveness.ping_failed(&e.peer) => {
+                tracing::debug!(peer = %e.peer, %failure, "ping failed; failing the cell");
+                let t = self.mesh.unreachable(e.peer);
+                self.transition(t);
+            }
+            Err(failure) => tracing::debug!(peer = %e.peer, %failure, "ping failed"),
+        }
+    }
+
+    fn on_gossip(&mut self, e: gossipsub::Event) {
+        let gossipsub::Event::Message { propagation_source, message_id, message } = e else {
+            return;
+        };
+        let verdict = match gossip::classify(self.local.peer, message.source, &message.data) {
+            Incoming::Record(source, record) => {
+                self.metrics.gossip_received.inc();
+                gossip::verdict(self.merge_record(source, &record, FoundBy::Gossip, true))
+            }
+            Incoming::OwnKey(record) => {
+                self.check_clone(&record, "gossip");
+                gossipsub::MessageAcceptance::Ignore
+            }
+            Incoming::Unsigned => {
+                self.reject("unsigned");
+                gossipsub::MessageAcceptance::Reject
+            }
+            Incoming::Invalid(source, err) => {
+                tracing::debug!(%source, %err, "rejected gossip message");
+                self.reject("invalid");
+                gossipsub::MessageAcceptance::Reject
+            }
+        };
+        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+            &message_id,
+            &propagation_source,
+            verdict,
+        );
+    }
+
+    // ---- record exchanges -----------------------------------------------
+
+    fn send_hello(&mut self, peer: PeerId, reply: Option<super::dialer::RegisterReply>) {
+        let req = RegisterRequest {
+            known: membership::known_records(&self.mesh),
+            ..RegisterRequest::new(RequestKind::Hello, self.local.record(false))
+        };
+        let id = self.swarm.behaviour_mut().register.send_request(&peer, req);
+        self.membership.sent(id, Request::Hello { peer, reply });
+    }
+
+    /// Anti-entropy: our record and the digest of every record we hold; the
+    /// answer brings only what is newer or missing here.
+    fn send_sync(&mut self, peer: PeerId) {
+        let req = RegisterRequest {
+            digest: membership::digest(&self.mesh),
+            ..RegisterRequest::new(RequestKind::Sync, self.local.record(false))
+        };
+        let id = self.swarm.behaviour_mut().register.send_request(&peer, req);
+        self.membership.sent(id, Request::Sync { peer });
+    }
+
+    /// Merges the records in an exchange. Returns how many third-party
+    /// records came with it.
+    fn merge_exchange(
+        &mut self,
+        peer: PeerId,
+        record: &CellRecord,
+        known: &[super::protocol::KnownCell],
+    ) -> Result<usize, super::protocol::RecordError> {
+        record.validate()?;
+        self.merge_record(peer, record, FoundBy::Inbound, true);
+        let mut n = 0;
+        for k in known.iter().take(super::protocol::MAX_KNOWN_RECORDS) {
+            let Ok(p) = k.peer_id.parse::<PeerId>() else { continue };
+            if p == self.local.peer {
+                self.check_clone(&k.record, "record exchange");
+                continue;
+            }
+            if p == peer || k.record.validate().is_err() {
+                continue;
+            }
+            n += 1;
+            self.merge_record(p, &k.record, FoundBy::Gossip, false);
+        }
+        // Cells we just heard of are dialed now, not at the next tick: a
+        // cell that started after the others sent mDNS only a query, which
+        // tells nobody of it; its records are how the rest learn of it.
+        if n > 0 {
+            let dials =
+                self.dialer.dial_known(Instant::now(), &self.mesh, &self.links, self.beyond.nets());
+            self.start_dials(dials);
+        }
+        Ok(n)
+    }
+
+    fn count_exchange(&self, direction: &'static str, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.metrics.registrations.get_or_create(&RegistrationLabels { direction, outcome }).inc();
+    }
+
+    fn on_register(&mut self, e: request_response::Event<RegisterRequest, RegisterResponse>) {
+        use request_response::{Event, Message};
+        match e {
+            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+                self.on_request(peer, request, channel)
+            }
+            Event::Message {
+                peer, message: Message::Response { request_id, response }, ..
+            } => {
+                let reply = match self.membership.settled(request_id) {
+                    Some(Request::Hello { reply, .. }) => reply,
+                    Some(Request::Sync { .. }) => None,
+                    // Leave and suspect answers carry nothing we need.
+                    Some(Request::Leave { .. } | Request::Suspect) | None => return,
+                };
+                if self.links.is_connected(&peer) {
+                    self.membership.exchanged(peer);
+                }
+                let result = self.merge_exchange(peer, &response.record, &response.known);
+                self.count_exchange("outbound", result.is_ok());
+                if let Some(reply) = reply {
+                    let out = result.map(|known_cells| super::handle::RegisterOutcome {
+                        peer_id: peer.to_base58(),
+                        cell_id: response.record.cell_id.clone(),
+                        branch: response.record.branch.clone(),
+                        consciousness_level: response.record.level,
+                        addresses: response.record.addrs.clone(),
+                        agent: response.record.agent.clone(),
+                        known_cells,
+                    });
+                    let _ = reply.send(out.map_err(|e| {
+                        super::CommandError::Unreachable(format!(
+                            "peer {peer} sent an invalid record: {e}"
+                        ))
+                    }));
+                }
+            }
+            Event::OutboundFailure { peer, request_id, error, .. } => {
+                let reply = match self.membership.settled(request_id) {
+                    Some(Request::Hello { reply, .. }) => reply,
+                    Some(Request::Sync { .. }) => None,
+                    Some(Request::Leave { .. } | Request::Suspect) | None => return,
+                };
+                // The tick sends another hello while the peer stays connected,
+                // unless it does not speak the protocol at all.
+                if matches!(error, request_response::OutboundFailure::UnsupportedProtocols) {
+                    self.membership.exchanged(peer);
+                }
+                match reply {
+                    Some(reply) => {
+                        self.count_exchange("outbound", false);
+                        let _ = reply.send(Err(super::CommandError::Unreachable(format!(
+                            "peer {peer} connected but did not register: {error}"
+                        ))));
+                    }
+                    None => tracing::debug!(%peer, %error, "record exchange failed"),
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound record exchange failed");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// The second half of a `hello` or `sync` from `peer`: merge what it
+    /// sent, and answer with our record and `known` (chosen before merging).
+    fn merge_and_answer(
+        &mut self,
+        peer: PeerId,
+        request: &RegisterRequest,
+        known: Vec<super::protocol::KnownCell>,
+        channel: ResponseChannel<RegisterResponse>,
+    ) {
+        let ok = self.merge_exchange(peer, &request.record, &request.known);
+        match &ok {
+            Ok(_) => self.membership.exchanged(peer),
+            Err(e) => tracing::debug!(%peer, error = %e, "refused a registration"),
+        }
+        self.count_exchange("inbound", ok.is_ok());
+        self.respond(channel, known);
+    }
+
+    /// Answers a request with our record and `known`.
+    fn respond(
+        &mut self,
+        channel: ResponseChannel<RegisterResponse>,
+        known: Vec<super::protocol::KnownCell>,
+    ) {
+        let resp = RegisterResponse { record: self.local.record(false), known };
+        let _ = self.swarm.behaviour_mut().register.send_response(channel, resp);
+    }
+
+    fn on_request(
+        &mut self,
+        peer: PeerId,
+        request: RegisterRequest,
+        channel: ResponseChannel<RegisterResponse>,
+    ) {
+        match request.kind {
+            RequestKind::Hello => {
+                // What we held before this request: if our record of the
+                // requester is not one it made, it learns of its clone.
+                let known = membership::known_records(&self.mesh);
+                self.merge_and_answer(peer, &request, known, channel);
+            }
+            RequestKind::Sync => {
+                let local = (self.local.peer, self.local.seq);
+                let (known, lacking) =
+                    membership::answer_sync(&self.mesh, local, peer, &request.digest);
+                self.merge_and_answer(peer, &request, known, channel);
+                // The requester holds something we lack (a newer record, or
+                // one under our own key: a clone): ask it back, so that one
+                // exchange repairs both views.
+                if lacking && self.membership.sync_due(peer, Instant::now()) {
+                    self.send_sync(peer);
+                }
+            }
+            RequestKind::Leave => {
+                let mut record = request.record;
+                record.leaving = true;
+                if record.validate().is_ok() {
+                    self.merge_record(peer, &record, FoundBy::Inbound, true);
+                }
+                self.respond(channel, Vec::new());
+            }
+            RequestKind::Suspect => {
+                match request.suspect.as_deref().and_then(|s| s.parse::<PeerId>().ok()) {
+                    Some(suspect) => {
+                        let actions = self.liveness.on_notice(
+                            peer,
+                            suspect,
+                            Peers { links: &self.links, mesh: &self.mesh },
+                        );
+                        self.live(actions);
+                    }
+                    None => tracing::debug!(%peer, "a suspect notice without a valid peer id"),
+                }
+                self.respond(channel, Vec::new());
+            }
+        }
+    }
+
+    // ---- shutdown -------------------------------------------------------
+
+    /// Tells every connected cell we are leaving and waits (briefly) for
+    /// their acknowledgements, so they mark us left before our connections
+    /// drop.
+    async fn leave(mut self) {
+        self.local.bump();
+        let record = self.local.record(true);
+        let _ = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), record.to_cbor());
+        let peers: Vec<PeerId> = self.links.peers().collect();
+        for peer in &peers {
+            let req = RegisterRequest::new(RequestKind::Leave, record.clone());
+            let id = self.swarm.behaviour_mut().register.send_request(peer, req);
+            self.membership.sent(id, Request::Leave { peer: *peer });
+        }
+        tracing::info!(cells = peers.len(), "leaving the mesh");
+        let deadline = tokio::time::sleep(LEAVE_WAIT);
+        tokio::pin!(deadline);
+        while !self.membership.leaves_pending().is_empty() {
+            tokio::select! {
+                _ = &mut deadline => {
+                    let unacknowledged: Vec<String> =
+                        self.membership.leaves_pending().iter().map(|p| p.to_base58()).collect();
+                    tracing::warn!(?unacknowledged, "some cells did not acknowledge the leave");
+                    break;
+                }
+                event = self.swarm.select_next_some() => {
+                    if let SwarmEvent::Behaviour(BehaviourEvent::Register(e)) = event {
+                        self.on_register(e);
+                    }
+                }
+            }
+        }
+        for reply in self.membership.drain_replies() {
+            let _ = reply.send(Err(super::CommandError::Stopped));
+        }
+    }
+}
+
+fn local_state(local: &Local, reachability: &'static str, relays: Vec<String>) -> LocalState {
+    LocalState {
+        cell_id: local.cell_id.clone(),
+        peer_id: local.peer.to_base58(),
+        branch: local.branch.clone(),
+        consciousness_level: local.level,
+        seq: local.seq,
+        listen_addrs: local.listen_addrs.iter().map(|a| a.to_string()).collect(),
+        reachability,
+        relays,
+    }
+}
+
+fn interval(every: Duration) -> tokio::time::Interval {
+    let mut i = tokio::time::interval(every);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
+}
+
+/// Sleeps until `due`, or forever without one.
+async fn sleep_until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next interface change, or never without a watcher.
+async fn next_interface_change(
+    w: &mut Option<if_watch::tokio::IfWatcher>,
+) -> Option<std::io::Result<if_watch::IfEvent>> {
+    match w {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}

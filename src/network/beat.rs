@@ -26,7 +26,7 @@
 use std::collections::HashMap;
 use std::hash::Hasher;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
@@ -79,24 +79,34 @@ pub enum BeatCommand {
     Unwatch,
 }
 
-/// State the event loop shares with the beat task.
-#[derive(Debug, Clone, Default)]
+/// Where each connected cell's beats go (the IP of its direct connection),
+/// kept current by the node; a subscription waits on it for its
+/// subscriber's address (the stream can come before the connection event).
+#[derive(Debug, Clone)]
 pub struct BeatShared {
-    /// The IP of each connected cell's direct connection: where its beats go.
-    pub ips: Arc<Mutex<HashMap<PeerId, IpAddr>>>,
+    ips: Arc<watch::Sender<HashMap<PeerId, IpAddr>>>,
+}
+
+impl Default for BeatShared {
+    fn default() -> Self {
+        Self { ips: Arc::new(watch::channel(HashMap::new()).0) }
+    }
 }
 
 impl BeatShared {
     pub fn set_ip(&self, peer: PeerId, ip: Option<IpAddr>) {
-        let Ok(mut ips) = self.ips.lock() else { return };
-        match ip {
-            Some(ip) => ips.insert(peer, ip),
-            None => ips.remove(&peer),
-        };
+        self.ips.send_if_modified(|ips| match ip {
+            Some(ip) => ips.insert(peer, ip) != Some(ip),
+            None => ips.remove(&peer).is_some(),
+        });
     }
 
-    fn ip(&self, peer: &PeerId) -> Option<IpAddr> {
-        self.ips.lock().ok().and_then(|ips| ips.get(peer).copied())
+    /// `peer`'s IP, waiting up to `within` for the node to learn it.
+    async fn wait_ip(&self, peer: &PeerId, within: Duration) -> Option<IpAddr> {
+        let mut rx = self.ips.subscribe();
+        let known = tokio::time::timeout(within, rx.wait_for(|ips| ips.contains_key(peer))).await;
+        let ip = known.ok()?.ok()?.get(peer).copied();
+        ip
     }
 }
 
@@ -405,17 +415,7 @@ async fn serve(
     let sub = u32::from_be_bytes([msg[3], msg[4], msg[5], msg[6]]);
     let mut key = [0u8; 16];
     key.copy_from_slice(&msg[7..]);
-    let wait_for_ip = async {
-        let deadline = Instant::now() + ADDR_WAIT;
-        loop {
-            let ip = shared.ip(&peer);
-            if ip.is_some() || Instant::now() >= deadline {
-                return ip;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    let ip = if full || port == 0 { None } else { wait_for_ip.await };
+    let ip = if full || port == 0 { None } else { shared.wait_ip(&peer, ADDR_WAIT).await };
     let Some(ip) = ip else {
         tracing::debug!(%peer, full, "cannot send beats; the cell will probe instead");
         let _ = stream.write_all(&[REFUSED]).await;
@@ -460,6 +460,24 @@ mod tests {
         let mut long = wire.to_vec();
         long.push(0);
         assert_eq!(Beat::decode(&long, &key), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscription_waits_for_its_subscribers_address_and_no_longer() {
+        let shared = BeatShared::default();
+        let (known, late, never) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let ip: IpAddr = "10.0.0.2".parse().expect("ip");
+        shared.set_ip(known, Some(ip));
+        assert_eq!(shared.wait_ip(&known, ADDR_WAIT).await, Some(ip));
+        let setter = shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            setter.set_ip(late, Some(ip));
+        });
+        assert_eq!(shared.wait_ip(&late, ADDR_WAIT).await, Some(ip));
+        assert_eq!(shared.wait_ip(&never, ADDR_WAIT).await, None);
+        shared.set_ip(known, None);
+        assert_eq!(shared.wait_ip(&known, Duration::from_millis(10)).await, None);
     }
 
     #[test]

@@ -13,36 +13,38 @@
 //! It never awaits anything but the swarm, its channels and its timers:
 //! replies go through oneshots and snapshots through `watch`.
 
+mod discovery;
+mod exchange;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, TopicHash};
 use libp2p::metrics::Recorder;
-use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::request_response::OutboundRequestId;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{identify, mdns, ping, Multiaddr, PeerId, Swarm};
+use libp2p::{Multiaddr, PeerId, Swarm};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::beyond_lan::{self, BeyondLan};
-use super::dialer::{Dial, Dialer, Step};
-use super::gossip::{self, Incoming};
-use super::handle::{Command, Handle, SyncOutcome};
-use super::links::Links;
-use super::liveness::{self, Liveness, Peers};
-use super::local::Local;
-use super::membership::{self, Membership, Request};
-use super::protocol::{CellRecord, RegisterRequest, RegisterResponse, RequestKind, TOPIC};
-use super::publisher::Publisher;
-use super::tasks::{Tasks, Wiring};
-use super::{handshake, Behaviour, BehaviourEvent, NetworkError};
 use crate::config::Config;
 use crate::mesh::{
     FoundBy, LocalState, Merge, MeshEvent, MeshView, PeerState, Snapshot, Transition,
 };
-use crate::metrics::{CellMetrics, ProbeLabels, ReasonLabel, RegistrationLabels};
+use crate::metrics::{CellMetrics, ProbeLabels, ReasonLabel};
+use crate::network::beyond_lan::BeyondLan;
+use crate::network::dialer::{Dial, Dialer, Step};
+use crate::network::handle::{Command, Handle, SyncOutcome};
+use crate::network::links::Links;
+use crate::network::liveness::{self, Liveness, Peers};
+use crate::network::local::Local;
+use crate::network::membership::{Membership, Request};
+use crate::network::protocol::{CellRecord, RegisterRequest, RequestKind, TOPIC};
+use crate::network::publisher::Publisher;
+use crate::network::tasks::{Tasks, Wiring};
+use crate::network::{handshake, Behaviour, BehaviourEvent, NetworkError};
 use crate::state::{RememberedPeer, State};
 
 /// Mesh events buffered for `GET /events` subscribers; a subscriber that
@@ -54,8 +56,6 @@ pub(crate) const COMMAND_CHANNEL: usize = 256;
 /// How often the loop reconciles: redials, prunes duplicate connections,
 /// publishes RTT changes.
 pub(crate) const TICK: Duration = Duration::from_millis(500);
-/// How long shutdown waits for cells to acknowledge the leave notice.
-const LEAVE_WAIT: Duration = Duration::from_millis(1000);
 
 /// Owns the swarm; run it with [`Node::run`].
 pub struct Node {
@@ -91,7 +91,7 @@ impl Node {
         restored: Option<State>,
         state_tx: watch::Sender<Option<State>>,
     ) -> Result<(Node, Handle), NetworkError> {
-        super::listen(&mut swarm, config)?;
+        crate::network::listen(&mut swarm, config)?;
         let topic = IdentTopic::new(TOPIC);
         swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
         let local_peer = *swarm.local_peer_id();
@@ -382,12 +382,12 @@ impl Node {
                     let _ = self.swarm.disconnect_peer_id(peer);
                 }
                 A::WatchBeats(peer) => {
-                    if !self.tasks.beat(super::beat::BeatCommand::Watch(peer)) {
+                    if !self.tasks.beat(crate::network::beat::BeatCommand::Watch(peer)) {
                         self.liveness.beat_task_busy();
                     }
                 }
                 A::UnwatchBeats => {
-                    if !self.tasks.beat(super::beat::BeatCommand::Unwatch) {
+                    if !self.tasks.beat(crate::network::beat::BeatCommand::Unwatch) {
                         self.liveness.beat_task_busy();
                     }
                 }
@@ -395,7 +395,7 @@ impl Node {
         }
     }
 
-    fn on_probe(&mut self, r: super::probe::ProbeResult) {
+    fn on_probe(&mut self, r: crate::network::probe::ProbeResult) {
         let labels = ProbeLabels { purpose: r.purpose.as_str(), outcome: r.outcome.as_str() };
         self.metrics.probes.get_or_create(&labels).inc();
         let now = Instant::now();
@@ -407,7 +407,7 @@ impl Node {
             Peers { links: &self.links, mesh: &self.mesh },
         );
         self.live(actions);
-        if let super::probe::Outcome::Answered(rtt) = r.outcome {
+        if let crate::network::probe::Outcome::Answered(rtt) = r.outcome {
             let t = self.mesh.rtt(r.peer, rtt);
             if t.is_some() {
                 tracing::debug!(peer = %r.peer, ?rtt, "a silent cell answers again");
@@ -417,8 +417,8 @@ impl Node {
         }
     }
 
-    fn on_beat(&mut self, event: super::beat::BeatEvent) {
-        use super::beat::BeatEvent;
+    fn on_beat(&mut self, event: crate::network::beat::BeatEvent) {
+        use crate::network::beat::BeatEvent;
         match event {
             BeatEvent::Beat { peer, at, view } => {
                 if !self.liveness.on_beat(peer, at) {
@@ -442,7 +442,7 @@ impl Node {
     /// The hash of our view (every record we hold at its `seq`, ours
     /// included) that beats carry.
     fn view_hash(&self) -> u32 {
-        super::beat::view_hash(
+        crate::network::beat::view_hash(
             self.mesh.digest().chain(std::iter::once((self.local.peer, self.local.seq))),
         )
     }
@@ -608,7 +608,7 @@ impl Node {
                     // A cell we were not connected to: the DHT may know more now.
                     self.beyond.kick(now);
                 }
-                let dialed = dialer.then(|| super::addr::strip_p2p(addr));
+                let dialed = dialer.then(|| crate::network::addr::strip_p2p(addr));
                 let t = self.mesh.connected(peer_id, dialed.as_ref(), origin);
                 self.transition(t);
                 self.tasks.set_beat_ip(peer_id, self.links.direct_ip(&peer_id));
@@ -652,490 +652,12 @@ impl Node {
             }
             SwarmEvent::IncomingConnectionError { error, send_back_addr, .. } => {
                 tracing::debug!(from = %send_back_addr, error = %error, "incoming connection failed");
-                let ip = super::addr::ip_of(&send_back_addr)
+                let ip = crate::network::addr::ip_of(&send_back_addr)
                     .map(|ip| ip.to_string())
                     .unwrap_or_default();
                 self.handshakes.explain(&ip, &handshake::Failure::of_listen(&error));
             }
             _ => {}
-        }
-    }
-
-    fn on_behaviour(&mut self, event: BehaviourEvent, now: Instant) {
-        match event {
-            BehaviourEvent::Gossipsub(e) => {
-                self.p2p_metrics.record(&e);
-                self.on_gossip(e);
-            }
-            BehaviourEvent::Register(e) => self.on_register(e),
-            BehaviourEvent::Identify(e) => {
-                self.p2p_metrics.record(&e);
-                if let identify::Event::Received { peer_id, info, .. } = e {
-                    if info.protocol_version != super::protocol::IDENTIFY_PROTOCOL {
-                        tracing::debug!(peer = %peer_id, version = info.protocol_version, "peer speaks another identify protocol");
-                    }
-                    self.mesh.identified(peer_id, &info.agent_version, &info.listen_addrs);
-                    let actions = self.beyond.on_identified(
-                        peer_id,
-                        &info,
-                        &self.local.listen_addrs,
-                        &self.links,
-                        &self.mesh,
-                    );
-                    self.beyond_lan(actions);
-                    self.publisher.coalescer.soft();
-                }
-            }
-            BehaviourEvent::Ping(e) => {
-                self.p2p_metrics.record(&e);
-                self.on_ping(e);
-            }
-            BehaviourEvent::Mdns(e) => self.on_mdns(e, now),
-            BehaviourEvent::Kad(e) => {
-                self.p2p_metrics.record(&e);
-                self.on_kad(e);
-            }
-            BehaviourEvent::Autonat(libp2p::autonat::Event::StatusChanged { old, new }) => {
-                let actions = self.beyond.on_autonat(&new, now, &self.links);
-                tracing::info!(
-                    ?old,
-                    ?new,
-                    "AutoNAT: reachability is {}",
-                    self.beyond.reachability().as_str()
-                );
-                self.beyond_lan(actions);
-                self.publisher.coalescer.dirty();
-            }
-            BehaviourEvent::Autonat(_) => {}
-            BehaviourEvent::Relay(e) => {
-                self.p2p_metrics.record(&e);
-                tracing::debug!(event = ?e, "relay (serving)");
-            }
-            BehaviourEvent::RelayClient(libp2p::relay::client::Event::ReservationReqAccepted {
-                relay_peer_id,
-                renewal,
-                ..
-            }) => {
-                if !renewal {
-                    tracing::info!(relay = %relay_peer_id, "reachable through a relay");
-                }
-                self.beyond.relay_accepted(relay_peer_id);
-                self.publisher.coalescer.dirty();
-            }
-            BehaviourEvent::RelayClient(other) => tracing::debug!(event = ?other, "relay client"),
-            BehaviourEvent::Dcutr(e) => {
-                self.p2p_metrics.record(&e);
-                match e.result {
-                    Ok(_) => {
-                        tracing::info!(peer = %e.remote_peer_id, "hole punching: direct link made")
-                    }
-                    Err(err) => {
-                        tracing::info!(peer = %e.remote_peer_id, error = %err, "hole punching failed; staying relayed")
-                    }
-                }
-            }
-            BehaviourEvent::Limits(never) => match never {},
-            BehaviourEvent::Stream(()) => {}
-        }
-    }
-
-    fn on_interface(&mut self, change: std::io::Result<if_watch::IfEvent>) {
-        match change {
-            Ok(if_watch::IfEvent::Up(net)) => {
-                tracing::debug!(%net, "interface address up");
-                self.beyond.interface_up(net);
-            }
-            Ok(if_watch::IfEvent::Down(net)) => {
-                tracing::debug!(%net, "interface address down");
-                self.beyond.interface_down(&net);
-            }
-            Err(e) => tracing::debug!(error = %e, "interface watch"),
-        }
-    }
-
-    /// Carries out what the beyond-the-LAN component asks.
-    fn beyond_lan(&mut self, actions: Vec<beyond_lan::Action>) {
-        use beyond_lan::Action as A;
-        for a in actions {
-            match a {
-                A::KadAddress { peer, addr } => {
-                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
-                }
-                A::KadRound { announce } => {
-                    let key = libp2p::kad::RecordKey::new(&super::protocol::MESH_KEY);
-                    let kad = &mut self.swarm.behaviour_mut().kad;
-                    if announce {
-                        if let Err(e) = kad.start_providing(key.clone()) {
-                            tracing::warn!(error = %e, "cannot announce this cell in the DHT");
-                        }
-                    }
-                    kad.get_providers(key);
-                }
-                A::AddAutonatServer(p) => self.swarm.behaviour_mut().autonat.add_server(p, None),
-                A::RemoveAutonatServer(p) => self.swarm.behaviour_mut().autonat.remove_server(&p),
-                A::ListenRelay { relay, circuit } => match self.swarm.listen_on(circuit.clone()) {
-                    Ok(id) => {
-                        tracing::info!(%relay, addr = %circuit, "private: asking a cell to relay for us");
-                        self.beyond.relay_listening(relay, id);
-                    }
-                    Err(e) => tracing::warn!(%relay, error = %e, "cannot listen through relay"),
-                },
-                A::RemoveListener(id) => {
-                    self.swarm.remove_listener(id);
-                }
-            }
-        }
-    }
-
-    fn on_kad(&mut self, e: libp2p::kad::Event) {
-        use libp2p::kad::{Event, GetProvidersOk, QueryResult};
-        match e {
-            Event::OutboundQueryProgressed {
-                result:
-                    QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders { providers, .. })),
-                ..
-            } => {
-                for peer in providers {
-                    if let Some(dial) = self.dialer.dial_provider(peer, &self.links) {
-                        tracing::debug!(%peer, "Kademlia: a cell provides the mesh topic");
-                        self.start_dials(Some(dial));
-                    }
-                }
-            }
-            Event::RoutingUpdated { peer, is_new_peer: true, .. } => {
-                tracing::debug!(%peer, "Kademlia: added to the routing table");
-            }
-            Event::OutboundQueryProgressed { result, .. } => {
-                tracing::trace!(?result, "Kademlia query progressed");
-            }
-            _ => {}
-        }
-    }
-
-    fn on_mdns(&mut self, e: mdns::Event, now: Instant) {
-        let mdns::Event::Discovered(list) = e else { return };
-        let mut by_peer: std::collections::HashMap<PeerId, Vec<Multiaddr>> = Default::default();
-        for (peer, addr) in list {
-            by_peer.entry(peer).or_default().push(addr);
-        }
-        for (peer, addrs) in by_peer {
-            if peer == self.local.peer {
-                continue;
-            }
-            tracing::debug!(%peer, ?addrs, "mDNS discovered");
-            let actions = self.beyond.on_mdns(peer);
-            self.beyond_lan(actions);
-            if self.mesh.discovered(peer, &addrs, FoundBy::Mdns) {
-                self.publisher.coalescer.dirty();
-            }
-            // Rediscovery of a failed cell: try it now.
-            self.dialer.forget_retry(&peer);
-            // A cell's mDNS answer holds its QUIC and TCP addresses as
-            // separate records, which can arrive in separate events. Dialing
-            // on the QUIC one alone costs a QUIC (TLS) handshake, then a TCP
-            // one to replace it (a third of a cell's start-up CPU at 20
-            // cells): wait for the TCP record, which comes at once (the tick
-            // dials whatever is known otherwise).
-            let known = self.mesh.addrs_of(&peer);
-            if known.iter().any(super::addr::is_tcp) && self.dialer.may_dial(peer, now) {
-                let dial = self.dialer.dial(peer, known, FoundBy::Mdns, &self.links);
-                self.start_dials(dial);
-            }
-        }
-    }
-
-    /// Pings measure round trips (`rtt_ms`); probes judge liveness, except
-    /// for cells that do not speak the probe protocol, which a failed ping
-    /// fails.
-    fn on_ping(&mut self, e: ping::Event) {
-        match e.result {
-            Ok(rtt) => {
-                let t = self.mesh.rtt(e.peer, rtt);
-                if t.is_some() {
-                    self.liveness.heard(e.peer);
-                }
-                self.transition(t);
-                self.publisher.coalescer.soft();
-            }
-            Err(ping::Failure::Unsupported) => {}
-            Err(failure) if self.liveness.ping_failed(&e.peer) => {
-                tracing::debug!(peer = %e.peer, %failure, "ping failed; failing the cell");
-                let t = self.mesh.unreachable(e.peer);
-                self.transition(t);
-            }
-            Err(failure) => tracing::debug!(peer = %e.peer, %failure, "ping failed"),
-        }
-    }
-
-    fn on_gossip(&mut self, e: gossipsub::Event) {
-        let gossipsub::Event::Message { propagation_source, message_id, message } = e else {
-            return;
-        };
-        let verdict = match gossip::classify(self.local.peer, message.source, &message.data) {
-            Incoming::Record(source, record) => {
-                self.metrics.gossip_received.inc();
-                gossip::verdict(self.merge_record(source, &record, FoundBy::Gossip, true))
-            }
-            Incoming::OwnKey(record) => {
-                self.check_clone(&record, "gossip");
-                gossipsub::MessageAcceptance::Ignore
-            }
-            Incoming::Unsigned => {
-                self.reject("unsigned");
-                gossipsub::MessageAcceptance::Reject
-            }
-            Incoming::Invalid(source, err) => {
-                tracing::debug!(%source, %err, "rejected gossip message");
-                self.reject("invalid");
-                gossipsub::MessageAcceptance::Reject
-            }
-        };
-        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
-            &message_id,
-            &propagation_source,
-            verdict,
-        );
-    }
-
-    // ---- record exchanges -----------------------------------------------
-
-    fn send_hello(&mut self, peer: PeerId, reply: Option<super::dialer::RegisterReply>) {
-        let req = RegisterRequest {
-            known: membership::known_records(&self.mesh),
-            ..RegisterRequest::new(RequestKind::Hello, self.local.record(false))
-        };
-        let id = self.swarm.behaviour_mut().register.send_request(&peer, req);
-        self.membership.sent(id, Request::Hello { peer, reply });
-    }
-
-    /// Anti-entropy: our record and the digest of every record we hold; the
-    /// answer brings only what is newer or missing here.
-    fn send_sync(&mut self, peer: PeerId) {
-        let req = RegisterRequest {
-            digest: membership::digest(&self.mesh),
-            ..RegisterRequest::new(RequestKind::Sync, self.local.record(false))
-        };
-        let id = self.swarm.behaviour_mut().register.send_request(&peer, req);
-        self.membership.sent(id, Request::Sync { peer });
-    }
-
-    /// Merges the records in an exchange. Returns how many third-party
-    /// records came with it.
-    fn merge_exchange(
-        &mut self,
-        peer: PeerId,
-        record: &CellRecord,
-        known: &[super::protocol::KnownCell],
-    ) -> Result<usize, super::protocol::RecordError> {
-        record.validate()?;
-        self.merge_record(peer, record, FoundBy::Inbound, true);
-        let mut n = 0;
-        for k in known.iter().take(super::protocol::MAX_KNOWN_RECORDS) {
-            let Ok(p) = k.peer_id.parse::<PeerId>() else { continue };
-            if p == self.local.peer {
-                self.check_clone(&k.record, "record exchange");
-                continue;
-            }
-            if p == peer || k.record.validate().is_err() {
-                continue;
-            }
-            n += 1;
-            self.merge_record(p, &k.record, FoundBy::Gossip, false);
-        }
-        // Cells we just heard of are dialed now, not at the next tick: a
-        // cell that started after the others sent mDNS only a query, which
-        // tells nobody of it; its records are how the rest learn of it.
-        if n > 0 {
-            let dials =
-                self.dialer.dial_known(Instant::now(), &self.mesh, &self.links, self.beyond.nets());
-            self.start_dials(dials);
-        }
-        Ok(n)
-    }
-
-    fn count_exchange(&self, direction: &'static str, ok: bool) {
-        let outcome = if ok { "ok" } else { "error" };
-        self.metrics.registrations.get_or_create(&RegistrationLabels { direction, outcome }).inc();
-    }
-
-    fn on_register(&mut self, e: request_response::Event<RegisterRequest, RegisterResponse>) {
-        use request_response::{Event, Message};
-        match e {
-            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
-                self.on_request(peer, request, channel)
-            }
-            Event::Message {
-                peer, message: Message::Response { request_id, response }, ..
-            } => {
-                let reply = match self.membership.settled(request_id) {
-                    Some(Request::Hello { reply, .. }) => reply,
-                    Some(Request::Sync { .. }) => None,
-                    // Leave and suspect answers carry nothing we need.
-                    Some(Request::Leave { .. } | Request::Suspect) | None => return,
-                };
-                if self.links.is_connected(&peer) {
-                    self.membership.exchanged(peer);
-                }
-                let result = self.merge_exchange(peer, &response.record, &response.known);
-                self.count_exchange("outbound", result.is_ok());
-                if let Some(reply) = reply {
-                    let out = result.map(|known_cells| super::handle::RegisterOutcome {
-                        peer_id: peer.to_base58(),
-                        cell_id: response.record.cell_id.clone(),
-                        branch: response.record.branch.clone(),
-                        consciousness_level: response.record.level,
-                        addresses: response.record.addrs.clone(),
-                        agent: response.record.agent.clone(),
-                        known_cells,
-                    });
-                    let _ = reply.send(out.map_err(|e| {
-                        super::CommandError::Unreachable(format!(
-                            "peer {peer} sent an invalid record: {e}"
-                        ))
-                    }));
-                }
-            }
-            Event::OutboundFailure { peer, request_id, error, .. } => {
-                let reply = match self.membership.settled(request_id) {
-                    Some(Request::Hello { reply, .. }) => reply,
-                    Some(Request::Sync { .. }) => None,
-                    Some(Request::Leave { .. } | Request::Suspect) | None => return,
-                };
-                // The tick sends another hello while the peer stays connected,
-                // unless it does not speak the protocol at all.
-                if matches!(error, request_response::OutboundFailure::UnsupportedProtocols) {
-                    self.membership.exchanged(peer);
-                }
-                match reply {
-                    Some(reply) => {
-                        self.count_exchange("outbound", false);
-                        let _ = reply.send(Err(super::CommandError::Unreachable(format!(
-                            "peer {peer} connected but did not register: {error}"
-                        ))));
-                    }
-                    None => tracing::debug!(%peer, %error, "record exchange failed"),
-                }
-            }
-            Event::InboundFailure { peer, error, .. } => {
-                tracing::debug!(%peer, %error, "inbound record exchange failed");
-            }
-            Event::ResponseSent { .. } => {}
-        }
-    }
-
-    /// The second half of a `hello` or `sync` from `peer`: merge what it
-    /// sent, and answer with our record and `known` (chosen before merging).
-    fn merge_and_answer(
-        &mut self,
-        peer: PeerId,
-        request: &RegisterRequest,
-        known: Vec<super::protocol::KnownCell>,
-        channel: ResponseChannel<RegisterResponse>,
-    ) {
-        let ok = self.merge_exchange(peer, &request.record, &request.known);
-        match &ok {
-            Ok(_) => self.membership.exchanged(peer),
-            Err(e) => tracing::debug!(%peer, error = %e, "refused a registration"),
-        }
-        self.count_exchange("inbound", ok.is_ok());
-        self.respond(channel, known);
-    }
-
-    /// Answers a request with our record and `known`.
-    fn respond(
-        &mut self,
-        channel: ResponseChannel<RegisterResponse>,
-        known: Vec<super::protocol::KnownCell>,
-    ) {
-        let resp = RegisterResponse { record: self.local.record(false), known };
-        let _ = self.swarm.behaviour_mut().register.send_response(channel, resp);
-    }
-
-    fn on_request(
-        &mut self,
-        peer: PeerId,
-        request: RegisterRequest,
-        channel: ResponseChannel<RegisterResponse>,
-    ) {
-        match request.kind {
-            RequestKind::Hello => {
-                // What we held before this request: if our record of the
-                // requester is not one it made, it learns of its clone.
-                let known = membership::known_records(&self.mesh);
-                self.merge_and_answer(peer, &request, known, channel);
-            }
-            RequestKind::Sync => {
-                let local = (self.local.peer, self.local.seq);
-                let (known, lacking) =
-                    membership::answer_sync(&self.mesh, local, peer, &request.digest);
-                self.merge_and_answer(peer, &request, known, channel);
-                // The requester holds something we lack (a newer record, or
-                // one under our own key: a clone): ask it back, so that one
-                // exchange repairs both views.
-                if lacking && self.membership.sync_due(peer, Instant::now()) {
-                    self.send_sync(peer);
-                }
-            }
-            RequestKind::Leave => {
-                let mut record = request.record;
-                record.leaving = true;
-                if record.validate().is_ok() {
-                    self.merge_record(peer, &record, FoundBy::Inbound, true);
-                }
-                self.respond(channel, Vec::new());
-            }
-            RequestKind::Suspect => {
-                match request.suspect.as_deref().and_then(|s| s.parse::<PeerId>().ok()) {
-                    Some(suspect) => {
-                        let actions = self.liveness.on_notice(
-                            peer,
-                            suspect,
-                            Peers { links: &self.links, mesh: &self.mesh },
-                        );
-                        self.live(actions);
-                    }
-                    None => tracing::debug!(%peer, "a suspect notice without a valid peer id"),
-                }
-                self.respond(channel, Vec::new());
-            }
-        }
-    }
-
-    // ---- shutdown -------------------------------------------------------
-
-    /// Tells every connected cell we are leaving and waits (briefly) for
-    /// their acknowledgements, so they mark us left before our connections
-    /// drop.
-    async fn leave(mut self) {
-        self.local.bump();
-        let record = self.local.record(true);
-        let _ = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), record.to_cbor());
-        let peers: Vec<PeerId> = self.links.peers().collect();
-        for peer in &peers {
-            let req = RegisterRequest::new(RequestKind::Leave, record.clone());
-            let id = self.swarm.behaviour_mut().register.send_request(peer, req);
-            self.membership.sent(id, Request::Leave { peer: *peer });
-        }
-        tracing::info!(cells = peers.len(), "leaving the mesh");
-        let deadline = tokio::time::sleep(LEAVE_WAIT);
-        tokio::pin!(deadline);
-        while !self.membership.leaves_pending().is_empty() {
-            tokio::select! {
-                _ = &mut deadline => {
-                    let unacknowledged: Vec<String> =
-                        self.membership.leaves_pending().iter().map(|p| p.to_base58()).collect();
-                    tracing::warn!(?unacknowledged, "some cells did not acknowledge the leave");
-                    break;
-                }
-                event = self.swarm.select_next_some() => {
-                    if let SwarmEvent::Behaviour(BehaviourEvent::Register(e)) = event {
-                        self.on_register(e);
-                    }
-                }
-            }
-        }
-        for reply in self.membership.drain_replies() {
-            let _ = reply.send(Err(super::CommandError::Stopped));
         }
     }
 }

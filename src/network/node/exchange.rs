@@ -1,0 +1,271 @@
+//! The node's side of the record exchanges (`/aios/register/1.0.0`):
+//! sending hello and sync, answering requests, merging what comes back, and
+//! the leave notices at shutdown. What is in flight and what to answer a
+//! `sync` are decided in `membership.rs`.
+
+use std::time::Instant;
+
+use libp2p::request_response::{self, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::PeerId;
+
+use super::Node;
+use crate::mesh::FoundBy;
+use crate::metrics::RegistrationLabels;
+use crate::network::dialer::RegisterReply;
+use crate::network::liveness::Peers;
+use crate::network::membership::{self, Request};
+use crate::network::protocol::{
+    CellRecord, KnownCell, RecordError, RegisterRequest, RegisterResponse, RequestKind,
+    MAX_KNOWN_RECORDS,
+};
+use crate::network::{BehaviourEvent, CommandError, RegisterOutcome};
+use futures::StreamExt;
+
+/// How long shutdown waits for cells to acknowledge the leave notice.
+const LEAVE_WAIT: std::time::Duration = std::time::Duration::from_millis(1000);
+
+impl Node {
+    pub(super) fn send_hello(&mut self, peer: PeerId, reply: Option<RegisterReply>) {
+        let req = RegisterRequest {
+            known: membership::known_records(&self.mesh),
+            ..RegisterRequest::new(RequestKind::Hello, self.local.record(false))
+        };
+        let id = self.swarm.behaviour_mut().register.send_request(&peer, req);
+        self.membership.sent(id, Request::Hello { peer, reply });
+    }
+
+    /// Anti-entropy: our record and the digest of every record we hold; the
+    /// answer brings only what is newer or missing here.
+    pub(super) fn send_sync(&mut self, peer: PeerId) {
+        let req = RegisterRequest {
+            digest: membership::digest(&self.mesh),
+            ..RegisterRequest::new(RequestKind::Sync, self.local.record(false))
+        };
+        let id = self.swarm.behaviour_mut().register.send_request(&peer, req);
+        self.membership.sent(id, Request::Sync { peer });
+    }
+
+    /// Merges the records in an exchange. Returns how many third-party
+    /// records came with it.
+    pub(super) fn merge_exchange(
+        &mut self,
+        peer: PeerId,
+        record: &CellRecord,
+        known: &[KnownCell],
+    ) -> Result<usize, RecordError> {
+        record.validate()?;
+        self.merge_record(peer, record, FoundBy::Inbound, true);
+        let mut n = 0;
+        for k in known.iter().take(MAX_KNOWN_RECORDS) {
+            let Ok(p) = k.peer_id.parse::<PeerId>() else { continue };
+            if p == self.local.peer {
+                self.check_clone(&k.record, "record exchange");
+                continue;
+            }
+            if p == peer || k.record.validate().is_err() {
+                continue;
+            }
+            n += 1;
+            self.merge_record(p, &k.record, FoundBy::Gossip, false);
+        }
+        // Cells we just heard of are dialed now, not at the next tick: a
+        // cell that started after the others sent mDNS only a query, which
+        // tells nobody of it; its records are how the rest learn of it.
+        if n > 0 {
+            let dials =
+                self.dialer.dial_known(Instant::now(), &self.mesh, &self.links, self.beyond.nets());
+            self.start_dials(dials);
+        }
+        Ok(n)
+    }
+
+    pub(super) fn count_exchange(&self, direction: &'static str, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.metrics.registrations.get_or_create(&RegistrationLabels { direction, outcome }).inc();
+    }
+
+    pub(super) fn on_register(
+        &mut self,
+        e: request_response::Event<RegisterRequest, RegisterResponse>,
+    ) {
+        use request_response::{Event, Message};
+        match e {
+            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+                self.on_request(peer, request, channel)
+            }
+            Event::Message {
+                peer, message: Message::Response { request_id, response }, ..
+            } => {
+                let reply = match self.membership.settled(request_id) {
+                    Some(Request::Hello { reply, .. }) => reply,
+                    Some(Request::Sync { .. }) => None,
+                    // Leave and suspect answers carry nothing we need.
+                    Some(Request::Leave { .. } | Request::Suspect) | None => return,
+                };
+                if self.links.is_connected(&peer) {
+                    self.membership.exchanged(peer);
+                }
+                let result = self.merge_exchange(peer, &response.record, &response.known);
+                self.count_exchange("outbound", result.is_ok());
+                if let Some(reply) = reply {
+                    let out = result.map(|known_cells| RegisterOutcome {
+                        peer_id: peer.to_base58(),
+                        cell_id: response.record.cell_id.clone(),
+                        branch: response.record.branch.clone(),
+                        consciousness_level: response.record.level,
+                        addresses: response.record.addrs.clone(),
+                        agent: response.record.agent.clone(),
+                        known_cells,
+                    });
+                    let _ = reply.send(out.map_err(|e| {
+                        CommandError::Unreachable(format!(
+                            "peer {peer} sent an invalid record: {e}"
+                        ))
+                    }));
+                }
+            }
+            Event::OutboundFailure { peer, request_id, error, .. } => {
+                let reply = match self.membership.settled(request_id) {
+                    Some(Request::Hello { reply, .. }) => reply,
+                    Some(Request::Sync { .. }) => None,
+                    Some(Request::Leave { .. } | Request::Suspect) | None => return,
+                };
+                // The tick sends another hello while the peer stays connected,
+                // unless it does not speak the protocol at all.
+                if matches!(error, request_response::OutboundFailure::UnsupportedProtocols) {
+                    self.membership.exchanged(peer);
+                }
+                match reply {
+                    Some(reply) => {
+                        self.count_exchange("outbound", false);
+                        let _ = reply.send(Err(CommandError::Unreachable(format!(
+                            "peer {peer} connected but did not register: {error}"
+                        ))));
+                    }
+                    None => tracing::debug!(%peer, %error, "record exchange failed"),
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound record exchange failed");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// The second half of a `hello` or `sync` from `peer`: merge what it
+    /// sent, and answer with our record and `known` (chosen before merging).
+    pub(super) fn merge_and_answer(
+        &mut self,
+        peer: PeerId,
+        request: &RegisterRequest,
+        known: Vec<KnownCell>,
+        channel: ResponseChannel<RegisterResponse>,
+    ) {
+        let ok = self.merge_exchange(peer, &request.record, &request.known);
+        match &ok {
+            Ok(_) => self.membership.exchanged(peer),
+            Err(e) => tracing::debug!(%peer, error = %e, "refused a registration"),
+        }
+        self.count_exchange("inbound", ok.is_ok());
+        self.respond(channel, known);
+    }
+
+    /// Answers a request with our record and `known`.
+    pub(super) fn respond(
+        &mut self,
+        channel: ResponseChannel<RegisterResponse>,
+        known: Vec<KnownCell>,
+    ) {
+        let resp = RegisterResponse { record: self.local.record(false), known };
+        let _ = self.swarm.behaviour_mut().register.send_response(channel, resp);
+    }
+
+    pub(super) fn on_request(
+        &mut self,
+        peer: PeerId,
+        request: RegisterRequest,
+        channel: ResponseChannel<RegisterResponse>,
+    ) {
+        match request.kind {
+            RequestKind::Hello => {
+                // What we held before this request: if our record of the
+                // requester is not one it made, it learns of its clone.
+                let known = membership::known_records(&self.mesh);
+                self.merge_and_answer(peer, &request, known, channel);
+            }
+            RequestKind::Sync => {
+                let local = (self.local.peer, self.local.seq);
+                let (known, lacking) =
+                    membership::answer_sync(&self.mesh, local, peer, &request.digest);
+                self.merge_and_answer(peer, &request, known, channel);
+                // The requester holds something we lack (a newer record, or
+                // one under our own key: a clone): ask it back, so that one
+                // exchange repairs both views.
+                if lacking && self.membership.sync_due(peer, Instant::now()) {
+                    self.send_sync(peer);
+                }
+            }
+            RequestKind::Leave => {
+                let mut record = request.record;
+                record.leaving = true;
+                if record.validate().is_ok() {
+                    self.merge_record(peer, &record, FoundBy::Inbound, true);
+                }
+                self.respond(channel, Vec::new());
+            }
+            RequestKind::Suspect => {
+                match request.suspect.as_deref().and_then(|s| s.parse::<PeerId>().ok()) {
+                    Some(suspect) => {
+                        let actions = self.liveness.on_notice(
+                            peer,
+                            suspect,
+                            Peers { links: &self.links, mesh: &self.mesh },
+                        );
+                        self.live(actions);
+                    }
+                    None => tracing::debug!(%peer, "a suspect notice without a valid peer id"),
+                }
+                self.respond(channel, Vec::new());
+            }
+        }
+    }
+
+    // ---- shutdown -------------------------------------------------------
+
+    /// Tells every connected cell we are leaving and waits (briefly) for
+    /// their acknowledgements, so they mark us left before our connections
+    /// drop.
+    pub(super) async fn leave(mut self) {
+        self.local.bump();
+        let record = self.local.record(true);
+        let _ = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), record.to_cbor());
+        let peers: Vec<PeerId> = self.links.peers().collect();
+        for peer in &peers {
+            let req = RegisterRequest::new(RequestKind::Leave, record.clone());
+            let id = self.swarm.behaviour_mut().register.send_request(peer, req);
+            self.membership.sent(id, Request::Leave { peer: *peer });
+        }
+        tracing::info!(cells = peers.len(), "leaving the mesh");
+        let deadline = tokio::time::sleep(LEAVE_WAIT);
+        tokio::pin!(deadline);
+        while !self.membership.leaves_pending().is_empty() {
+            tokio::select! {
+                _ = &mut deadline => {
+                    let unacknowledged: Vec<String> =
+                        self.membership.leaves_pending().iter().map(|p| p.to_base58()).collect();
+                    tracing::warn!(?unacknowledged, "some cells did not acknowledge the leave");
+                    break;
+                }
+                event = self.swarm.select_next_some() => {
+                    if let SwarmEvent::Behaviour(BehaviourEvent::Register(e)) = event {
+                        self.on_register(e);
+                    }
+                }
+            }
+        }
+        for reply in self.membership.drain_replies() {
+            let _ = reply.send(Err(CommandError::Stopped));
+        }
+    }
+}

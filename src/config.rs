@@ -106,9 +106,11 @@ impl std::fmt::Display for PeerAddr {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Tuning {
-    /// A cell exchanges records with one connected cell this often
-    /// (anti-entropy: repairs anything gossip missed), unless the watched
-    /// cell's beats showed the same view meanwhile.
+    /// A cell exchanges records (a `sync`) with one connected cell this
+    /// often (anti-entropy: repairs anything gossip missed), unless the
+    /// watched cell's beats showed the same view meanwhile. Not to be
+    /// confused with the UDP beats (one a probe interval): the key keeps
+    /// its old name for existing config files.
     pub heartbeat_secs: u64,
     /// Ping every connection this often, for its round-trip time (`rtt_ms`).
     /// Liveness does not depend on it (probes do that), except for cells
@@ -162,7 +164,8 @@ impl Default for Tuning {
 }
 
 impl Tuning {
-    pub fn heartbeat(&self) -> Duration {
+    /// How often records are exchanged with one cell in turn (`heartbeat_secs`).
+    pub fn exchange_interval(&self) -> Duration {
         Duration::from_secs(self.heartbeat_secs.max(1))
     }
     pub fn ping_interval(&self) -> Duration {
@@ -399,13 +402,11 @@ impl Config {
             return Err(ConfigError::BadLevel(level));
         }
         let cell_id = args.cell_id.or(file.cell_id).unwrap_or(d.cell_id);
-        if cell_id.trim().is_empty() || cell_id.chars().count() > 128 {
-            return Err(ConfigError::Invalid("cell_id must be 1-128 characters".into()));
-        }
+        crate::network::protocol::validate_cell_id(&cell_id)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let branch = args.branch.or(file.branch).unwrap_or(d.branch);
-        if branch.chars().count() > 128 {
-            return Err(ConfigError::Invalid("branch must be at most 128 characters".into()));
-        }
+        crate::network::protocol::validate_branch(&branch)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let api_token = match args.api_token.or(file.api_token).filter(|t| !t.is_empty()) {
             Some(t) => Some(t),
             None => match args.api_token_file.or(file.api_token_file) {

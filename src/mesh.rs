@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
 
+use crate::network::addr::strip_p2p;
 use crate::network::protocol::CellRecord;
 
 /// How we first learned of a cell.
@@ -131,11 +132,6 @@ impl Row {
             && !self.ever_connected
             && self.entry.found_by == FoundBy::Gossip
     }
-}
-
-/// An address without its `/p2p/<peer id>` suffix (mDNS adds one).
-fn strip_p2p(addr: &Multiaddr) -> Multiaddr {
-    addr.iter().filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_))).collect()
 }
 
 /// Unix time in milliseconds.
@@ -426,10 +422,6 @@ impl MeshView {
 
     pub fn state_of(&self, peer: &PeerId) -> Option<PeerState> {
         self.peers.get(peer).map(|r| r.entry.state)
-    }
-
-    pub fn is_connected(&self, peer: &PeerId) -> bool {
-        self.peers.get(peer).is_some_and(|r| r.entry.connected)
     }
 
     /// Rows as `GET /peers` shows them, sorted by peer id.

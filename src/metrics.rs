@@ -51,6 +51,9 @@ pub struct ReasonLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RegistrationLabels {
+    /// `hello` (the exchange with a newly connected cell, and `POST
+    /// /register`'s) or `sync` (anti-entropy).
+    pub kind: &'static str,
     /// `inbound` (a peer asked us) or `outbound` (we asked a peer).
     pub direction: &'static str,
     /// `ok` or `error`.
@@ -162,7 +165,7 @@ impl CellMetrics {
         );
         registry.register(
             "aios_registrations",
-            "Record exchanges on /aios/register/1.0.0",
+            "Record exchanges on /aios/register/1.0.0, by kind (hello, sync), direction and outcome",
             m.registrations.clone(),
         );
         registry.register(

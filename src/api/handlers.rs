@@ -223,9 +223,8 @@ pub(super) async fn register(
 
 /// Validates a `POST /register` body and says where to dial.
 pub fn check_register(b: &RegisterBody) -> Result<RegisterTarget, Error> {
-    if b.cell_id.trim().is_empty() || b.cell_id.chars().count() > 128 {
-        return Err(Error::Unprocessable("cell_id must be 1-128 characters".into()));
-    }
+    crate::network::protocol::validate_cell_id(&b.cell_id)
+        .map_err(|e| Error::Unprocessable(e.to_string()))?;
     if b.port == 0 || b.p2p_port == Some(0) {
         return Err(Error::Unprocessable("ports must be 1-65535".into()));
     }

@@ -284,9 +284,23 @@ pub fn build_swarm(
     let tcp_config = tcp::Config::default().nodelay(true);
     let transport_err = |e: &dyn std::fmt::Display| NetworkError::Transport(e.to_string());
     let behaviour_err = |e: &dyn std::fmt::Display| NetworkError::Behaviour(e.to_string());
+    // The same tail for every transport choice (the builder's type differs
+    // with each, so a function cannot take it).
+    macro_rules! finish {
+        ($builder:expr) => {
+            $builder
+                .with_relay_client(noise::Config::new, yamux::Config::default)
+                .map_err(|e| transport_err(&e))?
+                .with_bandwidth_metrics(registry)
+                .with_behaviour(|key, relay| boxed(behaviour(key, &config, relay)))
+                .map_err(|e| behaviour_err(&e))?
+                .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+                .build()
+        };
+    }
     let builder = libp2p::SwarmBuilder::with_existing_identity(key).with_tokio();
     let swarm = if let Some(psk) = psk {
-        builder
+        finish!(builder
             .with_other_transport(|key| {
                 let noise = noise::Config::new(key)?;
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
@@ -297,43 +311,21 @@ pub fn build_swarm(
                         .multiplex(yamux::Config::default()),
                 )
             })
-            .map_err(|e| transport_err(&e))?
-            .with_relay_client(noise::Config::new, yamux::Config::default)
-            .map_err(|e| transport_err(&e))?
-            .with_bandwidth_metrics(registry)
-            .with_behaviour(|key, relay| boxed(behaviour(key, &config, relay)))
-            .map_err(|e| behaviour_err(&e))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-            .build()
+            .map_err(|e| transport_err(&e))?)
     } else {
         let builder = builder
             .with_tcp(tcp_config, noise::Config::new, yamux::Config::default)
             .map_err(|e| transport_err(&e))?;
         if config.quic {
-            builder
-                .with_quic_config(|mut c| {
-                    // A crashed process sends nothing over UDP: notice it
-                    // after 3 s of silence instead of the 10 s default.
-                    c.max_idle_timeout = 3_000;
-                    c.keep_alive_interval = Duration::from_secs(1);
-                    c
-                })
-                .with_relay_client(noise::Config::new, yamux::Config::default)
-                .map_err(|e| transport_err(&e))?
-                .with_bandwidth_metrics(registry)
-                .with_behaviour(|key, relay| boxed(behaviour(key, &config, relay)))
-                .map_err(|e| behaviour_err(&e))?
-                .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-                .build()
+            finish!(builder.with_quic_config(|mut c| {
+                // A crashed process sends nothing over UDP: notice it
+                // after 3 s of silence instead of the 10 s default.
+                c.max_idle_timeout = 3_000;
+                c.keep_alive_interval = Duration::from_secs(1);
+                c
+            }))
         } else {
-            builder
-                .with_relay_client(noise::Config::new, yamux::Config::default)
-                .map_err(|e| transport_err(&e))?
-                .with_bandwidth_metrics(registry)
-                .with_behaviour(|key, relay| boxed(behaviour(key, &config, relay)))
-                .map_err(|e| behaviour_err(&e))?
-                .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
-                .build()
+            finish!(builder)
         }
     };
     Ok(swarm)

@@ -382,21 +382,13 @@ impl Dialer {
 mod tests {
     use super::*;
     use crate::network::addr::addrs;
+    use crate::network::testing::ordered_pair;
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
 
-    fn pair() -> (PeerId, PeerId) {
-        let (a, b) = (PeerId::random(), PeerId::random());
-        if a < b {
-            (a, b)
-        } else {
-            (b, a)
-        }
-    }
-
     #[test]
     fn the_smaller_peer_dials_at_once_the_larger_after_three_seconds() {
-        let (small, large) = pair();
+        let (small, large) = ordered_pair();
         let t0 = Instant::now();
         let mut s = Dialer::new(small, &[], t0);
         assert!(s.may_dial(large, t0));
@@ -411,7 +403,7 @@ mod tests {
 
     /// The times a failed cell is redialed in the first `until`.
     fn redials(until: Duration, step: Duration) -> Vec<Duration> {
-        let (me, other) = pair();
+        let (me, other) = ordered_pair();
         let t0 = Instant::now();
         let mut d = Dialer::new(me, &[], t0);
         let mut mesh = MeshView::new(me, "me");
@@ -455,7 +447,7 @@ mod tests {
 
     #[test]
     fn a_configured_name_is_resolved_and_retried_when_it_does_not_resolve() {
-        let (me, _) = pair();
+        let (me, _) = ordered_pair();
         let t0 = Instant::now();
         let cfg: Vec<PeerAddr> = vec!["aios-desktop.local:8001".parse().expect("peer")];
         let mut d = Dialer::new(me, &cfg, t0);
@@ -484,7 +476,7 @@ mod tests {
 
     #[test]
     fn a_configured_dial_the_swarm_refuses_is_tried_again() {
-        let (me, _) = pair();
+        let (me, _) = ordered_pair();
         let t0 = Instant::now();
         let cfg: Vec<PeerAddr> = vec!["/ip4/10.0.0.9/tcp/8001".parse().expect("peer")];
         let mut d = Dialer::new(me, &cfg, t0);
@@ -499,7 +491,7 @@ mod tests {
 
     #[test]
     fn a_register_dial_that_fails_answers_its_caller_with_a_hint() {
-        let (me, _) = pair();
+        let (me, _) = ordered_pair();
         let mut d = Dialer::new(me, &[], Instant::now());
         let (tx, mut rx) = oneshot::channel();
         let dial = d.register(addrs(&["/ip4/10.0.0.9/tcp/8000"])[0].clone(), tx);
@@ -513,7 +505,7 @@ mod tests {
 
     #[test]
     fn nobody_dials_itself_or_a_connected_cell() {
-        let (me, other) = pair();
+        let (me, other) = ordered_pair();
         let now = Instant::now();
         let d = Dialer::new(me, &[], now);
         let mut links = Links::new(me);

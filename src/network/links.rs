@@ -214,21 +214,13 @@ impl Links {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::network::testing::ordered_pair;
     use std::collections::HashSet;
 
     const S: fn(u64) -> Duration = Duration::from_secs;
 
     fn cid(n: usize) -> ConnectionId {
         ConnectionId::new_unchecked(n)
-    }
-
-    fn ordered_pair() -> (PeerId, PeerId) {
-        let (a, b) = (PeerId::random(), PeerId::random());
-        if a < b {
-            (a, b)
-        } else {
-            (b, a)
-        }
     }
 
     const TCP: &str = "/ip4/10.0.0.2/tcp/8001";

@@ -19,7 +19,7 @@
 //!   the swarm builder; [`protocol`]: the wire types (docs/protocol.md);
 //!   [`handle`]: the cloneable handle everything else uses.
 
-mod addr;
+pub(crate) mod addr;
 pub mod beat;
 pub mod behaviour;
 mod beyond_lan;
@@ -36,6 +36,8 @@ pub mod probe;
 pub mod protocol;
 mod publisher;
 mod tasks;
+#[cfg(test)]
+mod testing;
 
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, Swarm};

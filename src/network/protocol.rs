@@ -65,6 +65,26 @@ pub enum RecordError {
     Decode(String),
 }
 
+/// The most characters a `cell_id` or `branch` may hold.
+pub const MAX_NAME_CHARS: usize = 128;
+
+/// Checks a `cell_id` as the configuration, the API and the wire take it:
+/// 1-128 characters, not only white space.
+pub fn validate_cell_id(id: &str) -> Result<(), RecordError> {
+    if id.trim().is_empty() || id.chars().count() > MAX_NAME_CHARS {
+        return Err(RecordError::BadCellId);
+    }
+    Ok(())
+}
+
+/// Checks a `branch`: at most 128 characters.
+pub fn validate_branch(branch: &str) -> Result<(), RecordError> {
+    if branch.chars().count() > MAX_NAME_CHARS {
+        return Err(RecordError::BadBranch);
+    }
+    Ok(())
+}
+
 /// Checks that a level is one a cell accepts: finite and non-negative.
 pub fn validate_level(level: f64) -> Result<f64, RecordError> {
     if level.is_finite() && level >= 0.0 {
@@ -78,12 +98,8 @@ impl CellRecord {
     /// Checks the fields a peer controls.
     pub fn validate(&self) -> Result<(), RecordError> {
         validate_level(self.level)?;
-        if self.cell_id.is_empty() || self.cell_id.chars().count() > 128 {
-            return Err(RecordError::BadCellId);
-        }
-        if self.branch.chars().count() > 128 {
-            return Err(RecordError::BadBranch);
-        }
+        validate_cell_id(&self.cell_id)?;
+        validate_branch(&self.branch)?;
         if self.addrs.len() > MAX_ADDRS {
             return Err(RecordError::TooManyAddrs(self.addrs.len()));
         }

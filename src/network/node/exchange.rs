@@ -80,9 +80,12 @@ impl Node {
         Ok(n)
     }
 
-    pub(super) fn count_exchange(&self, direction: &'static str, ok: bool) {
+    pub(super) fn count_exchange(&self, kind: &'static str, direction: &'static str, ok: bool) {
         let outcome = if ok { "ok" } else { "error" };
-        self.metrics.registrations.get_or_create(&RegistrationLabels { direction, outcome }).inc();
+        self.metrics
+            .registrations
+            .get_or_create(&RegistrationLabels { kind, direction, outcome })
+            .inc();
     }
 
     pub(super) fn on_register(
@@ -97,9 +100,9 @@ impl Node {
             Event::Message {
                 peer, message: Message::Response { request_id, response }, ..
             } => {
-                let reply = match self.membership.settled(request_id) {
-                    Some(Request::Hello { reply, .. }) => reply,
-                    Some(Request::Sync { .. }) => None,
+                let (kind, reply) = match self.membership.settled(request_id) {
+                    Some(Request::Hello { reply, .. }) => ("hello", reply),
+                    Some(Request::Sync { .. }) => ("sync", None),
                     // Leave and suspect answers carry nothing we need.
                     Some(Request::Leave { .. } | Request::Suspect) | None => return,
                 };
@@ -107,7 +110,7 @@ impl Node {
                     self.membership.exchanged(peer);
                 }
                 let result = self.merge_exchange(peer, &response.record, &response.known);
-                self.count_exchange("outbound", result.is_ok());
+                self.count_exchange(kind, "outbound", result.is_ok());
                 if let Some(reply) = reply {
                     let out = result.map(|known_cells| RegisterOutcome {
                         peer_id: peer.to_base58(),
@@ -138,7 +141,7 @@ impl Node {
                 }
                 match reply {
                     Some(reply) => {
-                        self.count_exchange("outbound", false);
+                        self.count_exchange("hello", "outbound", false);
                         let _ = reply.send(Err(CommandError::Unreachable(format!(
                             "peer {peer} connected but did not register: {error}"
                         ))));
@@ -167,7 +170,8 @@ impl Node {
             Ok(_) => self.membership.exchanged(peer),
             Err(e) => tracing::debug!(%peer, error = %e, "refused a registration"),
         }
-        self.count_exchange("inbound", ok.is_ok());
+        let kind = if request.kind == RequestKind::Sync { "sync" } else { "hello" };
+        self.count_exchange(kind, "inbound", ok.is_ok());
         self.respond(channel, known);
     }
 

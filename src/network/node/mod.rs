@@ -158,7 +158,7 @@ impl Node {
             handshakes: handshake::Explainer::new(config.swarm_key.is_some()),
             metrics,
             p2p_metrics,
-            exchange_every: config.tuning.heartbeat(),
+            exchange_every: config.tuning.exchange_interval(),
             rejoin,
             swarm,
         };

@@ -23,8 +23,12 @@ use std::time::{Duration, Instant};
 
 use aios_cell::config::{FileConfig, RunArgs, Tuning, DEFAULT_HTTP_PORT, DEFAULT_P2P_PORT};
 use aios_cell::mesh::PeerState;
-use aios_cell::{Cell, Config};
+use aios_cell::Config;
 use serde_json::Value;
+
+#[path = "common/inproc.rs"]
+mod inproc;
+use inproc::{p2p_port, scrape, start};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -351,41 +355,6 @@ fn promql_helpers_find_metrics_and_labels() {
     // …and nothing else: the real histogram and its `le` label pass.
     let distinct: BTreeSet<&String> = problems.iter().collect();
     assert_eq!(distinct.len(), 3, "{distinct:#?}");
-}
-
-struct Node {
-    cell: Cell,
-    _dir: tempfile::TempDir,
-}
-
-async fn start(name: &str, peers: Vec<aios_cell::config::PeerAddr>) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::loopback(name, dir.path().to_path_buf());
-    config.peers = peers;
-    Node { cell: Cell::start(config).await.unwrap(), _dir: dir }
-}
-
-async fn p2p_port(n: &Node) -> u16 {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let snap = n.cell.handle().snapshot();
-        if let Some(port) =
-            snap.local.listen_addrs.iter().find_map(|a| {
-                a.strip_prefix("/ip4/127.0.0.1/tcp/").and_then(|p| p.parse::<u16>().ok())
-            })
-        {
-            return port;
-        }
-        assert!(Instant::now() < deadline, "no TCP listen address");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn scrape(n: &Node) -> String {
-    let url = format!("http://{}/metrics", n.cell.metrics_addr());
-    let r = reqwest::get(&url).await.unwrap();
-    assert!(r.status().is_success(), "{url}: {}", r.status());
-    r.text().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,49 +6,11 @@ use std::time::{Duration, Instant};
 
 use aios_cell::config::PeerAddr;
 use aios_cell::{Cell, Config};
+
+#[path = "common/inproc.rs"]
+mod inproc;
+use inproc::{init_logs, metric, p2p_port, start, start_with, Node};
 use serde_json::{json, Value};
-
-struct Node {
-    cell: Cell,
-    api: String,
-    _dir: tempfile::TempDir,
-}
-
-/// Logs to the test output when `RUST_LOG` is set.
-fn init_logs() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-    }
-}
-
-async fn start(name: &str, peers: Vec<PeerAddr>) -> Node {
-    start_with(name, peers, |_| {}).await
-}
-
-/// A loopback cell whose config `tweak` changes first.
-async fn start_with(name: &str, peers: Vec<PeerAddr>, tweak: impl FnOnce(&mut Config)) -> Node {
-    init_logs();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::loopback(name, dir.path().to_path_buf());
-    config.peers = peers;
-    tweak(&mut config);
-    let cell = Cell::start(config).await.unwrap();
-    let api = format!("http://{}", cell.http_addr());
-    Node { cell, api, _dir: dir }
-}
-
-/// One series' value in the node's `/metrics`; panics when it is missing.
-async fn metric(n: &Node, series: &str) -> f64 {
-    let text = reqwest::get(format!("http://{}/metrics", n.cell.metrics_addr()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()))
-        .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{text}"))
-}
 
 /// A plain libp2p node (TCP, Noise, Yamux, libp2p-stream only), not a cell.
 fn plain_node() -> libp2p::Swarm<libp2p_stream::Behaviour> {
@@ -80,23 +42,6 @@ async fn connect_plain_node(
         }
     });
     (driver, id)
-}
-
-/// The node's libp2p TCP port, once it listens.
-async fn p2p_port(n: &Node) -> u16 {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let snap = n.cell.handle().snapshot();
-        if let Some(port) =
-            snap.local.listen_addrs.iter().find_map(|a| {
-                a.strip_prefix("/ip4/127.0.0.1/tcp/").and_then(|p| p.parse::<u16>().ok())
-            })
-        {
-            return port;
-        }
-        assert!(Instant::now() < deadline, "no TCP listen address");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn get(url: &str) -> Value {
@@ -387,13 +332,7 @@ async fn only_cells_with_the_same_swarm_key_connect() {
     aios_cell::identity::generate_swarm_key(&k1).unwrap();
     aios_cell::identity::generate_swarm_key(&k2).unwrap();
     async fn start_keyed(name: &str, key: Option<&std::path::Path>, peers: Vec<PeerAddr>) -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::loopback(name, dir.path().to_path_buf());
-        config.swarm_key = key.map(|k| k.to_path_buf());
-        config.peers = peers;
-        let cell = Cell::start(config).await.unwrap();
-        let api = format!("http://{}", cell.http_addr());
-        Node { cell, api, _dir: dir }
+        start_with(name, peers, |c| c.swarm_key = key.map(|k| k.to_path_buf())).await
     }
     let a = start_keyed("key-a", Some(&k1), vec![]).await;
     let h = get(&format!("{}/health", a.api)).await;

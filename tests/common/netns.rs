@@ -339,29 +339,7 @@ impl Lan {
         if let Some(report) = neighbour_table_report().filter(|r| r.contains("WARNING")) {
             eprintln!("netns: {report}");
         }
-        let id = NEXT_LAN.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id();
-        let prefix = format!("{tag}{pid}-{id}");
-        let longest_link = format!("{prefix}v{hosts}");
-        if longest_link.len() > 15 {
-            return Err(format!("link name {longest_link} is over 15 characters; shorten the tag"));
-        }
-        let x = ((pid as u64 + u64::from(id) * 97) % 254 + 1) as u8;
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("aios-{prefix}-"))
-            .tempdir()
-            .map_err(|e| format!("temp dir: {e}"))?;
-        live().insert(id, Resources::default());
-        let mut lan = Lan {
-            id,
-            prefix,
-            hub: None,
-            hubs: Vec::new(),
-            router: None,
-            hosts: Vec::new(),
-            procs: Vec::new(),
-            dir,
-        };
+        let (mut lan, x) = Lan::empty(tag, hosts, 254)?;
         // On an error the half-built LAN is dropped, which removes what exists.
         lan.build(octet, x, hosts)?;
         Ok(lan)
@@ -385,20 +363,28 @@ impl Lan {
             return Err(format!("{hosts_a} + {hosts_b} hosts: want 1..=250 in all, both > 0"));
         }
         install_signal_cleanup();
+        let (mut lan, x) = Lan::empty(tag, hosts_a + hosts_b, 253)?;
+        lan.build_routed(octet, x, hosts_a, hosts_b, nat)?;
+        Ok(lan)
+    }
+
+    /// A LAN with no namespaces yet, registered for cleanup, and the third
+    /// octet of its subnets (from the pid and the counter, below `spread`).
+    fn empty(tag: &str, hosts: usize, spread: u64) -> Result<(Lan, u8), String> {
         let id = NEXT_LAN.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let prefix = format!("{tag}{pid}-{id}");
-        let longest_link = format!("{prefix}v{}", hosts_a + hosts_b);
+        let longest_link = format!("{prefix}v{hosts}");
         if longest_link.len() > 15 {
             return Err(format!("link name {longest_link} is over 15 characters; shorten the tag"));
         }
-        let x = ((pid as u64 + u64::from(id) * 97) % 253 + 1) as u8;
+        let x = ((pid as u64 + u64::from(id) * 97) % spread + 1) as u8;
         let dir = tempfile::Builder::new()
             .prefix(&format!("aios-{prefix}-"))
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
         live().insert(id, Resources::default());
-        let mut lan = Lan {
+        let lan = Lan {
             id,
             prefix,
             hub: None,
@@ -408,8 +394,7 @@ impl Lan {
             procs: Vec::new(),
             dir,
         };
-        lan.build_routed(octet, x, hosts_a, hosts_b, nat)?;
-        Ok(lan)
+        Ok((lan, x))
     }
 
     fn build_routed(

@@ -2,8 +2,15 @@
 //!
 //! - [`config`]: defaults < TOML file < `AIOS_*` environment < flags, one [`Config`].
 //! - [`identity`]: the persistent ed25519 key, so the peer id survives restarts.
-//! - [`network`]: the libp2p swarm (mDNS, gossipsub, request-response,
-//!   identify, ping) in one event loop, reached through a cloneable [`Handle`].
+//! - [`network`]: the libp2p swarm, owned by one task (the network node)
+//!   that routes each event to a clock-free component: links, dialer,
+//!   liveness (ring watch by UDP beats and TCP probes, suspicion, local
+//!   health), membership exchanges, the own record and gossip, beyond the
+//!   LAN (Kademlia, AutoNAT, relays, hole punching); reached through a
+//!   cloneable [`Handle`]. Protocols: mDNS, gossipsub, request-response
+//!   (`/aios/register/1.0.0`), identify, ping, probes (`/aios/probe/1.0.0`),
+//!   beats (`/aios/beat/1.0.0`), Kademlia (`/aios/kad/1.0.0`), AutoNAT,
+//!   circuit relay v2, DCUtR.
 //! - [`mesh`]: the table of known cells and how updates merge into it.
 //! - [`api`]: the HTTP API (axum) the seed's clients call.
 //! - [`metrics`]: one prometheus-client registry, served on `/metrics`.
@@ -105,7 +112,7 @@ impl Cell {
             None
         });
         let (state_tx, state_rx) = tokio::sync::watch::channel(None);
-        let (event_loop, handle) = network::Node::new(
+        let (node, handle) = network::Node::new(
             swarm,
             &config,
             cell_metrics.clone(),
@@ -116,7 +123,7 @@ impl Cell {
         let registry = Arc::new(registry);
 
         let shutdown = CancellationToken::new();
-        let network = tokio::spawn(event_loop.run(shutdown.clone()));
+        let network = tokio::spawn(node.run(shutdown.clone()));
 
         let state = api::AppState {
             handle: handle.clone(),

@@ -1,7 +1,7 @@
 //! The mesh view: one table of every known cell, keyed by peer id, and the
 //! rules for merging what the network tells us into it.
 //!
-//! The event loop owns the table and publishes an immutable [`Snapshot`] of it
+//! The network node owns the table and publishes an immutable [`Snapshot`] of it
 //! through a `watch` channel; HTTP and metrics read that snapshot.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -518,7 +518,7 @@ pub struct LocalState {
     pub relays: Vec<String>,
 }
 
-/// What readers see: an immutable copy made by the event loop after changes.
+/// What readers see: an immutable copy made by the network node after changes.
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
     pub local: LocalState,

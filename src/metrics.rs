@@ -190,12 +190,12 @@ impl CellMetrics {
         );
         registry.register(
             "aios_dropped_notifications",
-            "Notifications the event loop dropped rather than wait for a slow reader",
+            "Notifications the node dropped rather than wait for a slow reader",
             m.dropped_notifications.clone(),
         );
         registry.register(
             "aios_rejected_commands",
-            "Actions refused with 503 because the event loop's command queue was full",
+            "Actions refused with 503 because the node's command queue was full",
             m.rejected_commands.clone(),
         );
         registry.register(

@@ -1,7 +1,7 @@
 //! Crash-safe state in the data dir: this cell's level, branch and `seq`,
 //! and the cells it was last connected to (for a fast rejoin).
 //!
-//! The event loop publishes the state to a `watch` channel and never waits;
+//! The network node publishes the state to a `watch` channel and never waits;
 //! a saver task writes it, at most once per [`SAVE_EVERY`], by
 //! write-then-rename, so a `kill -9` at any moment leaves the old file or the
 //! new one. A corrupt file is reported and set aside, never fatal.

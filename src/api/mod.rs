@@ -1,7 +1,8 @@
-//! The HTTP API (axum): `GET /health`, `POST /register`,
-//! `POST /sync-consciousness`, `GET /peers`, as `../shared/contract.md`
-//! fixes them. Reads come from the network's snapshot; actions go to the
-//! event loop as commands.
+//! The HTTP API (axum), as `../shared/contract.md` fixes it:
+//! `GET /health`, `GET /peers`, `GET /events` (Server-Sent Events),
+//! `POST /register` and `POST /sync-consciousness` (docs/api.md has every
+//! field). Reads come from the network's snapshot; actions go to the
+//! network node as commands.
 
 mod error;
 pub mod handlers;

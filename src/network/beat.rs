@@ -52,13 +52,13 @@ const REFUSED: u8 = 0;
 /// Subscriptions a cell serves at once (its ring predecessor, normally one;
 /// a few more while the ring changes).
 const MAX_SERVED: usize = 64;
-/// How long a subscription waits for the event loop to know the
+/// How long a subscription waits for the node to know the
 /// subscriber's address (the stream can come before the connection event).
 const ADDR_WAIT: Duration = Duration::from_secs(2);
 /// How long the subscription handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What the beat task tells the event loop.
+/// What the beat task tells the node.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BeatEvent {
     /// A valid beat from `peer`, received at `at`, with its view hash.
@@ -70,7 +70,7 @@ pub enum BeatEvent {
     Ended { peer: PeerId },
 }
 
-/// What the event loop asks of the beat task.
+/// What the node asks of the beat task.
 #[derive(Debug, Clone)]
 pub enum BeatCommand {
     /// Subscribe to `peer`'s beats (ending any other subscription).
@@ -201,14 +201,14 @@ enum Internal {
     Unserve { id: u64 },
 }
 
-/// The beat task, with what it needs; the event loop builds it with the
+/// The beat task, with what it needs; the node builds it with the
 /// swarm and spawns [`BeatTask::run`] once the runtime runs.
 pub struct BeatTask {
-    /// Bound and non-blocking (see the event loop's `bind_beat_socket`).
+    /// Bound and non-blocking (see `tasks.rs`'s `bind_beat_socket`).
     pub socket: std::net::UdpSocket,
     pub control: Control,
     pub shared: BeatShared,
-    /// Our view's hash, as the event loop last computed it.
+    /// Our view's hash, as the node last computed it.
     pub view: watch::Receiver<u32>,
     /// Beats are sent this often (the probe interval).
     pub interval: Duration,
@@ -218,8 +218,8 @@ pub struct BeatTask {
 
 impl BeatTask {
     /// Serves subscriptions (sends beats every `interval`), holds ours
-    /// (checks the beats that come), and reports to the event loop. Ends on
-    /// `shutdown` or when the event loop's channels close.
+    /// (checks the beats that come), and reports to the node. Ends on
+    /// `shutdown` or when the node's channels close.
     pub async fn run(self, shutdown: CancellationToken) {
         let BeatTask { socket, mut control, shared, view, interval, mut commands, events } = self;
         let socket = match UdpSocket::from_std(socket) {
@@ -320,7 +320,7 @@ impl BeatTask {
                     w.last_counter = Some(beat.counter);
                     let ev = BeatEvent::Beat { peer: w.peer, at, view: beat.view };
                     if events.try_send(ev).is_err() {
-                        tracing::trace!("event loop busy; a beat not reported");
+                        tracing::trace!("node busy; a beat not reported");
                     }
                 }
             }

@@ -122,7 +122,7 @@ fn kademlia(peer_id: libp2p::PeerId) -> kad::Behaviour<kad::store::MemoryStore> 
         .set_provider_publication_interval(Some(PROVIDER_REPUBLISH))
         // A provider answer lists every cell of a big mesh with its addresses.
         .set_max_packet_size(256 * 1024)
-        // Cells enter the routing table only when the event loop adds them
+        // Cells enter the routing table only when the node adds them
         // (`feed_kad`): on one LAN the DHT finds nothing, and every entry
         // below 20 would set off a bootstrap.
         .set_kbucket_inserts(kad::BucketInserts::Manual);
@@ -154,7 +154,7 @@ fn autonat_config() -> autonat::Config {
         // Cells live on private networks: 10/8, 192.168/16 are the norm.
         only_global_ips: false,
         // A cell on our own LAN can always dial us back, so asking it says
-        // nothing about NAT. The event loop adds as servers only the cells
+        // nothing about NAT. The node adds as servers only the cells
         // that mDNS has not found (they are beyond this LAN).
         use_connected: false,
         ..Default::default()
@@ -279,7 +279,7 @@ pub fn build_swarm(
     // Cells keep a connection to every other cell for as long as both run;
     // only gossipsub's mesh peers would keep a connection alive on their own,
     // so the idle timeout is set out of the way. Duplicate connections are
-    // pruned by the event loop instead.
+    // pruned by the node instead.
     let idle = Duration::from_secs(365 * 24 * 3600);
     let tcp_config = tcp::Config::default().nodelay(true);
     let transport_err = |e: &dyn std::fmt::Display| NetworkError::Transport(e.to_string());

@@ -1,4 +1,4 @@
-//! The cloneable handle to the event loop: cheap reads from the published
+//! The cloneable handle to the network node: cheap reads from the published
 //! snapshot, actions as commands with a oneshot reply under a timeout.
 
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::mesh::{MeshEvent, Snapshot};
 
-/// Commands the event loop takes.
+/// Commands the node takes.
 #[derive(Debug)]
 pub enum Command {
     /// Set the level (when given) and publish this cell's record now.

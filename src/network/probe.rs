@@ -12,7 +12,7 @@
 //! The wire format is as small as a probe can be: the prober writes 8
 //! random bytes on a stream it keeps open, the other side writes the same 8
 //! bytes back. Streams are opened with libp2p-stream; the probes and echoes
-//! run in their own tasks, and results reach the event loop on a channel.
+//! run in their own tasks, and results reach the node on a channel.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -37,7 +37,7 @@ const MAX_ECHO_STREAMS: usize = 1024;
 /// all are dropped and reopened as needed.
 const MAX_KEPT_STREAMS: usize = 1024;
 
-/// Why a cell is probed; the event loop acts on the answer accordingly.
+/// Why a cell is probed; the node acts on the answer accordingly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
     /// The regular probe of the ring successor.
@@ -92,7 +92,7 @@ impl Outcome {
     }
 }
 
-/// One probe's result, for the event loop.
+/// One probe's result, for the node.
 #[derive(Debug, Clone)]
 pub struct ProbeResult {
     pub peer: PeerId,
@@ -100,7 +100,7 @@ pub struct ProbeResult {
     pub outcome: Outcome,
 }
 
-/// Runs probes as the event loop asks, one at a time per peer, many peers
+/// Runs probes as the node asks, one at a time per peer, many peers
 /// at once, keeping one outbound stream per peer between probes. Ends when
 /// `shutdown` fires or either channel closes.
 pub async fn run_prober(

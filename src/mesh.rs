@@ -78,6 +78,9 @@ pub struct PeerEntry {
     pub agent: Option<String>,
     /// Connected only through a circuit relay (no direct link yet).
     pub relayed: bool,
+    /// Suspected: a cell's check of it went unanswered and the suspicion
+    /// has not timed out nor been refuted. It still counts as alive.
+    pub suspect: bool,
 }
 
 /// Result of merging a record.
@@ -176,6 +179,7 @@ impl MeshView {
                 last_seen_ms: now_ms(),
                 agent: None,
                 relayed: false,
+                suspect: false,
             },
             addrs: BTreeSet::new(),
             joined: false,
@@ -187,6 +191,9 @@ impl MeshView {
     fn set_state(row: &mut Row, peer: PeerId, to: PeerState) -> Option<Transition> {
         let from = row.entry.state;
         row.entry.state = to;
+        if to != PeerState::Alive {
+            row.entry.suspect = false;
+        }
         (from != to).then_some(Transition { peer, from: Some(from), to })
     }
 
@@ -250,6 +257,16 @@ impl MeshView {
             return None;
         }
         Self::set_state(row, peer, PeerState::Failed)
+    }
+
+    /// Marks `peer` suspected or not (an alive cell only). Returns whether
+    /// that changed.
+    pub fn set_suspect(&mut self, peer: PeerId, on: bool) -> bool {
+        let Some(row) = self.peers.get_mut(&peer) else { return false };
+        let on = on && row.entry.state == PeerState::Alive;
+        let changed = row.entry.suspect != on;
+        row.entry.suspect = on;
+        changed
     }
 
     /// A ping or probe answered. A connected cell counted failed for its silence

@@ -30,8 +30,10 @@ pub(crate) enum Request {
     Sync { peer: PeerId },
     /// A `leave` notice at shutdown.
     Leave { peer: PeerId },
-    /// A `suspect` notice (its answer carries nothing we need).
-    Suspect,
+    /// A `suspect` notice about `suspect` sent `to` a cell: its answer
+    /// says whether that cell reached the suspect (an indirect probe), or
+    /// comes from the suspect itself.
+    Suspect { to: PeerId, suspect: PeerId },
 }
 
 impl Request {
@@ -283,7 +285,7 @@ mod tests {
         assert_eq!(m.needs_hello(peers.iter().copied()), peers);
         m.sent(1, Request::Hello { peer: peers[0], reply: None });
         m.sent(2, Request::Sync { peer: peers[1] });
-        m.sent(3, Request::Suspect);
+        m.sent(3, Request::Suspect { to: peers[2], suspect: peers[1] });
         assert_eq!(m.needs_hello(peers.iter().copied()), vec![peers[2]]);
         assert!(matches!(m.settled(1), Some(Request::Hello { .. })));
         m.exchanged(peers[0]);

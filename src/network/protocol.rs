@@ -138,9 +138,13 @@ pub enum RequestKind {
     /// "I am shutting down cleanly." Sent to every connected cell before the
     /// cell closes its connections, so they mark it left, never failed.
     Leave,
-    /// "The cell named in `suspect` did not answer my probe: check it." Sent
-    /// to every connected cell; each probes the suspect itself and fails it
-    /// only if its own probe goes unanswered too.
+    /// "The cell named in `suspect` (at `incarnation`) is suspected here:
+    /// check it." Sent to every connected cell, the suspect included, when
+    /// a cell starts suspecting another and when it confirms another's
+    /// suspicion. Each receiver probes the suspect and answers with the
+    /// result (`alive` in the response: an indirect probe); the suspect
+    /// refutes by publishing a record with a higher `seq`. A cell is failed
+    /// only when a suspicion times out unrefuted.
     Suspect,
     /// Anti-entropy: "here is me, and the `seq` of every record I hold (in
     /// `digest`): send me the records you hold that are newer or that I
@@ -178,6 +182,11 @@ pub struct RegisterRequest {
     /// For `suspect`: the peer id (base58) of the cell that went silent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspect: Option<String>,
+    /// For `suspect`: the suspect's incarnation as the sender knows it (the
+    /// `seq` of its latest record the sender holds). A record with a higher
+    /// `seq` refutes the suspicion. Absent from older cells.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<u64>,
     /// For `sync`: every record the sender holds, as author and `seq`
     /// (its own included).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -187,7 +196,14 @@ pub struct RegisterRequest {
 impl RegisterRequest {
     /// A request of `kind` carrying the sender's `record` and nothing else.
     pub fn new(kind: RequestKind, record: CellRecord) -> Self {
-        RegisterRequest { kind, record, known: Vec::new(), suspect: None, digest: Vec::new() }
+        RegisterRequest {
+            kind,
+            record,
+            known: Vec::new(),
+            suspect: None,
+            incarnation: None,
+            digest: Vec::new(),
+        }
     }
 }
 
@@ -199,6 +215,10 @@ pub struct RegisterResponse {
     /// Records of other cells the responder knows (empty for `leave`).
     #[serde(default)]
     pub known: Vec<KnownCell>,
+    /// For `suspect`: whether the responder's own probe of the suspect was
+    /// answered (an indirect probe); absent when it could not check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alive: Option<bool>,
 }
 
 #[cfg(test)]

@@ -1,13 +1,17 @@
 //! The failure detector, clock-free: which cell this one watches (its ring
-//! successor), by UDP beats or by TCP probes, what an overdue beat or an
-//! unanswered probe leads to (suspect, verify, fail), when a failed but
-//! still connected cell is disconnected, and local health ([`health`]).
+//! successor), by UDP beats or by TCP probes; what an overdue beat or an
+//! unanswered probe leads to: a suspicion ([`suspicion`]) that every cell
+//! hears of, that the suspect refutes and other cells confirm, and that
+//! fails the cell only when it times out unrefuted (SWIM with Lifeguard's
+//! dynamic suspicion, as memberlist does it); when a failed but still
+//! connected cell is disconnected; and local health ([`health`]).
 //!
 //! It takes events and `now`, sees the mesh through [`Peers`], and returns
 //! [`Action`]s for the node to carry out in order. The probe and beat IO
 //! lives in `probe.rs` and `beat.rs`.
 
 pub(crate) mod health;
+pub(crate) mod suspicion;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -15,6 +19,7 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 
 use self::health::{Health, Verdict};
+use self::suspicion::Suspicion;
 use super::links::Links;
 use super::probe::{self, Outcome, Purpose};
 use crate::mesh::{MeshView, PeerState};
@@ -25,6 +30,19 @@ pub(crate) const FIRST_BEAT_WAIT: Duration = Duration::from_secs(3);
 /// How long a cell failed for not answering probes keeps its connections
 /// (a slow cell answers again without a new handshake).
 pub(crate) const SILENT_CLOSE_AFTER: Duration = Duration::from_secs(10);
+/// A suspicion times out after `SUSPECT_MAX` with no confirmation, and
+/// after `SUSPECT_MIN` once `SUSPECT_K` other cells confirmed it (both
+/// stretched by local health). Min is a little over one probe timeout: the
+/// confirmations are other cells' own checks, which take that long. With
+/// ~10 % loss each way, a live cell's refutation (a newer record, by
+/// gossip over every path) arrives in a few hundred ms; three independent
+/// checks all lost is rare (each fails ~5 % of the time).
+pub(crate) const SUSPECT_MIN: Duration = Duration::from_millis(500);
+pub(crate) const SUSPECT_MAX: Duration = Duration::from_secs(4);
+pub(crate) const SUSPECT_K: u32 = 3;
+/// A cell refutes suspicions of itself at most this often when the notice
+/// names no incarnation (an older implementation).
+const REFUTE_GAP: Duration = Duration::from_millis(500);
 
 /// What the failure detector needs to know of the mesh: who is connected,
 /// and who is alive.
@@ -38,6 +56,11 @@ impl Peers<'_> {
     fn alive(&self, p: &PeerId) -> bool {
         self.links.is_connected(p) && self.mesh.state_of(p) == Some(PeerState::Alive)
     }
+
+    /// The incarnation of `p` we know: the `seq` of its latest record.
+    fn incarnation(&self, p: &PeerId) -> u64 {
+        self.mesh.seq_of(p).unwrap_or(0)
+    }
 }
 
 /// What the node should do.
@@ -45,12 +68,18 @@ impl Peers<'_> {
 pub(crate) enum Action {
     /// Probe `peer` over TCP, waiting `timeout` for the echo.
     Probe { peer: PeerId, purpose: Purpose, timeout: Duration },
-    /// `peer` did not answer: a suspicion starts (log, count).
+    /// `peer` did not answer this cell: a suspicion starts here (log, count).
     Suspected { peer: PeerId, wait: Duration },
-    /// Ask `to` to check `suspect` itself.
-    Notify { to: PeerId, suspect: PeerId },
-    /// `peer` is failed: a check went unanswered.
+    /// Tell `to` that `suspect` (at `incarnation`) is suspected here: it
+    /// checks for itself and confirms, or, if it is the suspect, refutes.
+    Notify { to: PeerId, suspect: PeerId, incarnation: u64 },
+    /// Show `peer` as suspected (`on`) or not in `/peers`.
+    Mark { peer: PeerId, on: bool },
+    /// `peer` is failed: its suspicion timed out unrefuted.
     Fail(PeerId),
+    /// This cell is suspected: publish a record with a higher `seq` (its
+    /// incarnation), which every cell takes as the refutation.
+    Refute,
     /// `peer` was failed for its silence and stayed silent: close its links.
     Disconnect(PeerId),
     /// Subscribe to `peer`'s beats (ending any other subscription).
@@ -107,6 +136,10 @@ pub(crate) struct Liveness {
     /// Peers that do not speak the probe protocol (another implementation):
     /// left out of the ring, and failed when a ping fails instead.
     no_probe: HashSet<PeerId>,
+    /// Cells suspected now.
+    suspicions: HashMap<PeerId, Suspicion>,
+    /// When this cell last refuted a suspicion of itself.
+    refuted_at: Option<Instant>,
 }
 
 impl Liveness {
@@ -119,7 +152,14 @@ impl Liveness {
             silent_since: HashMap::new(),
             no_beats: HashSet::new(),
             no_probe: HashSet::new(),
+            suspicions: HashMap::new(),
+            refuted_at: None,
         }
+    }
+
+    /// Whether `peer` is suspected now.
+    pub(crate) fn is_suspected(&self, peer: &PeerId) -> bool {
+        self.suspicions.contains_key(peer)
     }
 
     pub(crate) fn watch(&self) -> Watch {
@@ -137,14 +177,38 @@ impl Liveness {
         self.health.wait(self.config.probe_timeout)
     }
 
-    /// When the watched cell's next beat is overdue (its last beat plus the
-    /// interval plus the probe wait): it is suspected then, to the
-    /// millisecond, not at the next probe round.
+    /// The next moment something is due: the watched cell's next beat is
+    /// overdue (its last beat plus the interval plus the probe wait: it is
+    /// suspected then, to the millisecond, not at the next probe round), or
+    /// a suspicion times out. Call [`Liveness::on_deadline`] then.
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        match self.watch {
+        let beat = match self.watch {
             Watch::Beating { due, .. } => due,
             _ => None,
+        };
+        let suspicion = self.suspicions.values().map(Suspicion::deadline).min();
+        match (beat, suspicion) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
+    }
+
+    /// What is due at `now` (see [`Liveness::deadline`]).
+    pub(crate) fn on_deadline(&mut self, now: Instant, peers: Peers<'_>) -> Vec<Action> {
+        let mut out = self.beat_overdue(now, peers);
+        let mut expired: Vec<PeerId> =
+            self.suspicions.iter().filter(|(_, s)| s.deadline() <= now).map(|(p, _)| *p).collect();
+        expired.sort();
+        for peer in expired {
+            let Some(s) = self.suspicions.remove(&peer) else { continue };
+            if !peers.alive(&peer) {
+                continue;
+            }
+            tracing::debug!(%peer, confirmations = s.confirmations(), "suspicion timed out unrefuted; failing the cell");
+            self.silent_since.insert(peer, now);
+            out.push(Action::Fail(peer));
+        }
+        out
     }
 
     /// Whether `peer` takes part in probing (it speaks the protocol).
@@ -211,6 +275,12 @@ impl Liveness {
             self.silent_since.keys().filter(|p| peers.links.is_connected(p)).copied().collect();
         silent.sort();
         out.extend(silent.into_iter().map(|p| self.probe(p, Purpose::Revive)));
+        // A suspect is checked again every interval while the suspicion
+        // runs: a probe lost to one TCP retransmission does not decide.
+        let mut suspects: Vec<PeerId> =
+            self.suspicions.keys().filter(|p| peers.alive(p)).copied().collect();
+        suspects.sort();
+        out.extend(suspects.into_iter().map(|p| self.probe(p, Purpose::Verify)));
         out
     }
 
@@ -233,11 +303,15 @@ impl Liveness {
 
     /// A valid beat from `peer`, received at `at`. Returns whether it is
     /// from the cell we watch by beats (then its view is worth comparing).
+    /// (A beat also ends a suspicion of it: check [`Liveness::is_suspected`]
+    /// before, and unmark it.)
     pub(crate) fn on_beat(&mut self, peer: PeerId, at: Instant) -> bool {
         match self.watch {
             Watch::Awaiting { peer: p, .. } | Watch::Beating { peer: p, .. } if p == peer => {
                 let due = at + self.config.probe_interval + self.probe_wait();
                 self.watch = Watch::Beating { peer, last: at, due: Some(due) };
+                // A beat is the cell's own word that it is there.
+                self.suspicions.remove(&peer);
                 true
             }
             _ => false,
@@ -264,7 +338,7 @@ impl Liveness {
 
     /// The deadline passed: suspect the watched cell, as an unanswered probe
     /// would, and give it another interval before suspecting again.
-    pub(crate) fn beat_overdue(&mut self, now: Instant, peers: Peers<'_>) -> Vec<Action> {
+    fn beat_overdue(&mut self, now: Instant, peers: Peers<'_>) -> Vec<Action> {
         let Watch::Beating { peer, last, due: Some(due) } = self.watch else { return Vec::new() };
         if now < due {
             return Vec::new();
@@ -276,7 +350,7 @@ impl Liveness {
         }
         let due = now + self.config.probe_interval + self.probe_wait();
         self.watch = Watch::Beating { peer, last, due: Some(due) };
-        self.suspect(peer, peers)
+        self.suspect(peer, now, peers)
     }
 
     /// A probe's outcome.
@@ -300,7 +374,7 @@ impl Liveness {
                         out = self.beats_fail(peer);
                     }
                 }
-                self.silent_since.remove(&peer);
+                out.extend(self.heard(peer));
                 out
             }
             Outcome::Unsupported => {
@@ -310,73 +384,172 @@ impl Liveness {
             }
             Outcome::Silent if !peers.alive(&peer) => Vec::new(),
             Outcome::Silent => match purpose {
-                Purpose::Watch => self.suspect(peer, peers),
+                Purpose::Watch => self.suspect(peer, now, peers),
                 Purpose::Verify => self.verified_silent(peer, now, peers),
                 Purpose::Revive => Vec::new(),
             },
         }
     }
 
-    /// Our watch of `peer` went unanswered: ask every connected cell to
-    /// check it, and check it again ourselves, together with every other
-    /// cell we are connected to (if they are all silent, it is this cell
-    /// that is cut off, and it should see all of them failed).
-    fn suspect(&mut self, peer: PeerId, peers: Peers<'_>) -> Vec<Action> {
+    /// Starts a suspicion of `peer` here, first suspected `by` (this cell
+    /// or another).
+    fn start(
+        &mut self,
+        peer: PeerId,
+        by: PeerId,
+        now: Instant,
+        peers: Peers<'_>,
+    ) -> &mut Suspicion {
+        // The cells that could confirm: every connected one but the suspect.
+        let others =
+            peers.links.count().saturating_sub(usize::from(peers.links.is_connected(&peer)));
+        let k = SUSPECT_K.min(others as u32);
+        let stretch = 1 + self.health.score();
+        let incarnation = peers.incarnation(&peer);
+        self.suspicions.entry(peer).or_insert_with(|| {
+            Suspicion::new(by, incarnation, k, SUSPECT_MIN * stretch, SUSPECT_MAX * stretch, now)
+        })
+    }
+
+    /// Notices of a suspicion of `peer` to every connected cell, the
+    /// suspect included (it refutes).
+    fn notify_all(&self, peer: PeerId, peers: Peers<'_>) -> Vec<Action> {
+        let incarnation = self.suspicions.get(&peer).map_or(0, |s| s.incarnation);
+        let mut to: Vec<PeerId> = peers.links.peers().collect();
+        to.sort();
+        to.into_iter().map(|to| Action::Notify { to, suspect: peer, incarnation }).collect()
+    }
+
+    /// The watched `peer` went silent (a beat overdue, a watch probe
+    /// unanswered): suspect it, tell every connected cell (each checks for
+    /// itself and confirms; the suspect refutes), check it again, and check
+    /// every other cell too (if they are all silent, it is this cell that is
+    /// cut off, and it should see all of them failed).
+    fn suspect(&mut self, peer: PeerId, now: Instant, peers: Peers<'_>) -> Vec<Action> {
+        let mut out = Vec::new();
+        let (local, wait) = (self.local, self.probe_wait());
+        let fresh = !self.suspicions.contains_key(&peer);
+        let s = self.start(peer, local, now, peers);
+        let news = fresh || s.confirm(local);
+        s.confirmed_here = true;
+        if news {
+            out.push(Action::Suspected { peer, wait });
+        }
+        if fresh {
+            out.push(Action::Mark { peer, on: true });
+        }
+        if news {
+            out.extend(self.notify_all(peer, peers));
+        }
+        out.push(self.probe(peer, Purpose::Verify));
         let mut others: Vec<PeerId> = peers.links.peers().filter(|p| *p != peer).collect();
         others.sort();
-        let mut out = vec![Action::Suspected { peer, wait: self.probe_wait() }];
-        out.extend(others.iter().map(|o| Action::Notify { to: *o, suspect: peer }));
-        out.push(self.probe(peer, Purpose::Verify));
         for other in others {
-            if self.probes(&other) && peers.mesh.state_of(&other) == Some(PeerState::Alive) {
+            if self.probes(&other) && !self.suspicions.contains_key(&other) && peers.alive(&other) {
                 out.push(self.probe(other, Purpose::Verify));
             }
         }
         out
     }
 
-    /// A check of a suspected cell went unanswered: it is failed, unless
-    /// many cells went silent at once (then this cell is the likelier
-    /// culprit: it waits longer and checks again, up to its most patient).
+    /// A check of `peer` went unanswered. Many cells silent at once make
+    /// this cell the likelier culprit: it waits longer and checks again. A
+    /// suspect this cell had not confirmed yet: confirm it, and say so to
+    /// every cell (confirmations shorten everyone's timeout). A cell not
+    /// suspected (this cell checking whether it is cut off): suspect it
+    /// here only; its own answer or a timeout settles it.
     fn verified_silent(&mut self, peer: PeerId, now: Instant, peers: Peers<'_>) -> Vec<Action> {
-        match self.health.on_silent(peer, peers.links.count(), now) {
-            Verdict::Stretch => {
-                tracing::debug!(
-                    strain = self.health.score(),
-                    "many cells silent at once: checking again, more patiently"
-                );
-                vec![self.probe(peer, Purpose::Verify)]
-            }
-            Verdict::Silent => {
-                tracing::debug!(%peer, "no probe answer; failing the cell");
-                self.silent_since.insert(peer, now);
-                vec![Action::Fail(peer)]
-            }
+        if self.health.on_silent(peer, peers.links.count(), now) == Verdict::Stretch {
+            tracing::debug!(
+                strain = self.health.score(),
+                "many cells silent at once: checking again, more patiently"
+            );
+            return vec![self.probe(peer, Purpose::Verify)];
         }
+        let local = self.local;
+        if let Some(s) = self.suspicions.get_mut(&peer) {
+            if s.confirmed_here {
+                return Vec::new();
+            }
+            s.confirmed_here = true;
+            s.confirm(local);
+            tracing::debug!(%peer, confirmations = s.confirmations(), "no answer here either: confirming the suspicion");
+            return self.notify_all(peer, peers);
+        }
+        tracing::debug!(%peer, "no probe answer; suspecting the cell here");
+        self.start(peer, local, now, peers).confirmed_here = true;
+        vec![Action::Mark { peer, on: true }]
     }
 
-    /// Another cell asks us to check `suspect`.
+    /// `from` suspects `suspect` (at `incarnation`, when it says). This
+    /// cell, suspected, refutes; otherwise it checks the suspect (the
+    /// node answers the notice with the result: an indirect probe) and
+    /// counts the confirmation. `own_seq` is this cell's incarnation.
     pub(crate) fn on_notice(
         &mut self,
         from: PeerId,
         suspect: PeerId,
+        incarnation: Option<u64>,
+        own_seq: u64,
+        now: Instant,
         peers: Peers<'_>,
     ) -> Vec<Action> {
         if suspect == self.local {
-            tracing::debug!(by = %from, "another cell suspects this one; its probes will settle it");
+            let stale = incarnation.is_some_and(|i| i < own_seq);
+            let recent = self.refuted_at.is_some_and(|t| now.duration_since(t) < REFUTE_GAP)
+                && incarnation.is_none();
+            if stale || recent {
+                return Vec::new();
+            }
+            tracing::debug!(by = %from, "another cell suspects this one: refuting");
+            self.refuted_at = Some(now);
+            return vec![Action::Refute];
+        }
+        if !self.probes(&suspect) || !peers.alive(&suspect) {
             return Vec::new();
         }
-        if self.probes(&suspect) && peers.alive(&suspect) {
-            tracing::debug!(%suspect, by = %from, "checking a suspected cell");
-            return vec![self.probe(suspect, Purpose::Verify)];
+        if incarnation.is_some_and(|i| i < peers.incarnation(&suspect)) {
+            // We hold a newer record of it than the suspecter did: refuted.
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        match self.suspicions.get_mut(&suspect) {
+            Some(s) => {
+                s.confirm(from);
+            }
+            None => {
+                tracing::debug!(%suspect, by = %from, "checking a suspected cell");
+                self.start(suspect, from, now, peers);
+                out.push(Action::Mark { peer: suspect, on: true });
+            }
+        }
+        out.push(self.probe(suspect, Purpose::Verify));
+        out
+    }
+
+    /// `peer` proved it is there (its answer to a probe or a notice, a new
+    /// connection, a ping that brought it back, another cell's answered
+    /// check): no longer silent or suspected.
+    pub(crate) fn heard(&mut self, peer: PeerId) -> Vec<Action> {
+        self.silent_since.remove(&peer);
+        if self.suspicions.remove(&peer).is_some() {
+            tracing::debug!(%peer, "the suspect answered");
+            return vec![Action::Mark { peer, on: false }];
         }
         Vec::new()
     }
 
-    /// `peer` proved it is there (a new connection, a ping or probe that
-    /// brought it back): it is no longer silent.
-    pub(crate) fn heard(&mut self, peer: PeerId) {
-        self.silent_since.remove(&peer);
+    /// A record of `peer` at `seq` arrived: a suspicion of an older
+    /// incarnation is refuted.
+    pub(crate) fn refuted(&mut self, peer: PeerId, seq: u64) -> Vec<Action> {
+        match self.suspicions.get(&peer) {
+            Some(s) if seq > s.incarnation => {
+                tracing::debug!(%peer, seq, "suspicion refuted by a newer record");
+                self.suspicions.remove(&peer);
+                vec![Action::Mark { peer, on: false }]
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// A ping to `peer` failed. Cells that do not speak the probe protocol
@@ -388,6 +561,7 @@ impl Liveness {
     /// The last connection to `peer` closed: forget what its links taught.
     pub(crate) fn disconnected(&mut self, peer: &PeerId) {
         self.silent_since.remove(peer);
+        self.suspicions.remove(peer);
         self.no_probe.remove(peer);
         self.no_beats.remove(peer);
     }

@@ -55,7 +55,26 @@ impl Bed {
 
     fn overdue(&mut self, ms: u64) -> Vec<Action> {
         let now = self.at(ms);
-        self.live.beat_overdue(now, Peers { links: &self.links, mesh: &self.mesh })
+        self.live.on_deadline(now, Peers { links: &self.links, mesh: &self.mesh })
+    }
+
+    /// `from` tells us it suspects `suspect` (at the incarnation we know).
+    fn notice(&mut self, from: PeerId, suspect: PeerId, ms: u64) -> Vec<Action> {
+        let now = self.at(ms);
+        let inc = self.mesh.seq_of(&suspect).unwrap_or(0);
+        let peers = Peers { links: &self.links, mesh: &self.mesh };
+        self.live.on_notice(from, suspect, Some(inc), 1, now, peers)
+    }
+
+    /// Runs the deadlines up to `ms`, as the node's timer does.
+    fn until(&mut self, ms: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        while let Some(d) = self.live.deadline().filter(|d| *d <= self.at(ms)) {
+            let a = self.live.on_deadline(d, Peers { links: &self.links, mesh: &self.mesh });
+            self.apply(&a);
+            out.extend(a);
+        }
+        out
     }
 
     /// Carries out `Fail` the way the node does.
@@ -113,39 +132,133 @@ fn an_overdue_beat_suspects_the_cell_to_every_other_cell_and_verifies() {
     let notified: Vec<PeerId> = a
         .iter()
         .filter_map(|x| match x {
-            Action::Notify { to, suspect } if *suspect == next => Some(*to),
+            Action::Notify { to, suspect, .. } if *suspect == next => Some(*to),
             _ => None,
         })
         .collect();
-    assert_eq!(notified, b.others[1..].to_vec(), "every other connected cell is asked");
+    assert_eq!(notified, b.others, "every connected cell is told, the suspect too (it refutes)");
     // The suspect and every other live cell are checked.
     let mut verified = probes(&a, Purpose::Verify);
     verified.sort();
     assert_eq!(verified, b.others);
     assert!(fails(&a).is_empty(), "a suspicion alone fails nobody");
-    // The next suspicion comes an interval (and a wait) later.
-    assert_eq!(b.live.deadline(), Some(b.at(3000)));
+    assert!(a.contains(&Action::Mark { peer: next, on: true }));
+    // Nobody confirms: it times out at 4 s unless refuted.
+    assert_eq!(b.live.deadline(), Some(b.at(1600 + 4000).min(b.at(3000))));
 }
 
 #[test]
-fn an_unanswered_check_fails_the_cell_and_an_answer_clears_it() {
+fn a_lone_unanswered_probe_never_fails_a_cell_on_its_own() {
     let mut b = Bed::new(8, false);
     let next = b.others[0];
     b.round(0);
+    // The watch probe, then our own check, go unanswered: a suspicion,
+    // told to every cell, and nobody failed.
     let a = b.outcome(next, Purpose::Watch, Outcome::Silent, 400);
     assert!(matches!(a[0], Action::Suspected { .. }));
     let a = b.outcome(next, Purpose::Verify, Outcome::Silent, 800);
-    assert_eq!(fails(&a), vec![next]);
-    b.apply(&a);
+    assert!(fails(&a).is_empty());
+    // While it runs, the suspect is checked every round.
+    assert_eq!(probes(&b.round(1000), Purpose::Verify), vec![next]);
+    assert!(b.until(4399).is_empty(), "no other cell confirmed: it waits the whole 4 s");
+    // Unrefuted and unconfirmed, it times out: failed.
+    assert_eq!(fails(&b.until(4400)), vec![next]);
     // A failed cell is not probed for the watch: the ring moves on, and
     // the failed one is probed to see whether it is back.
-    let a = b.round(1000);
+    let a = b.round(5000);
     assert_eq!(probes(&a, Purpose::Watch), vec![b.others[1]]);
     assert_eq!(probes(&a, Purpose::Revive), vec![next]);
     // A silent revive probe is nothing new; an answer ends the silence.
-    assert!(b.outcome(next, Purpose::Revive, Outcome::Silent, 1400).is_empty());
-    b.outcome(next, Purpose::Revive, Outcome::Answered(MS(3)), 2400);
-    assert!(probes(&b.round(3000), Purpose::Revive).is_empty());
+    assert!(b.outcome(next, Purpose::Revive, Outcome::Silent, 5400).is_empty());
+    b.outcome(next, Purpose::Revive, Outcome::Answered(MS(3)), 6400);
+    assert!(probes(&b.round(7000), Purpose::Revive).is_empty());
+}
+
+#[test]
+fn confirmations_from_other_cells_shorten_the_suspicion() {
+    let mut b = Bed::new(8, false);
+    let (x, others) = (b.others[0], b.others[1..].to_vec());
+    // Another cell's notice: we check, and count it.
+    let a = b.notice(others[0], x, 0);
+    assert_eq!(probes(&a, Purpose::Verify), vec![x]);
+    assert!(a.contains(&Action::Mark { peer: x, on: true }));
+    assert_eq!(b.live.deadline(), Some(b.at(4000)));
+    // Our own check is silent too: we confirm, and say so to every cell.
+    let a = b.outcome(x, Purpose::Verify, Outcome::Silent, 400);
+    let told =
+        a.iter().filter(|a| matches!(a, Action::Notify { suspect, .. } if *suspect == x)).count();
+    assert_eq!(told, 8);
+    assert_eq!(b.live.deadline(), Some(b.at(2250)), "one confirmation: 2.25 s");
+    // Two more cells confirm: down to the 0.5 s minimum.
+    b.notice(others[1], x, 450);
+    b.notice(others[2], x, 460);
+    assert_eq!(b.live.deadline(), Some(b.at(500)));
+    // The same cell twice counts once; we do not confirm twice.
+    b.notice(others[2], x, 470);
+    assert!(b.outcome(x, Purpose::Verify, Outcome::Silent, 480).is_empty());
+    assert_eq!(fails(&b.until(500)), vec![x]);
+}
+
+#[test]
+fn a_newer_record_of_the_suspect_refutes_the_suspicion() {
+    let mut b = Bed::new(4, false);
+    let x = b.others[0];
+    let record = |seq| crate::network::protocol::CellRecord {
+        cell_id: "x".into(),
+        level: 0.5,
+        branch: "main".into(),
+        seq,
+        at_ms: 1,
+        addrs: Vec::new(),
+        agent: "aios-cell/test".into(),
+        leaving: false,
+    };
+    b.mesh.merge(x, &record(10), FoundBy::Gossip, true);
+    b.notice(b.others[1], x, 0);
+    assert!(b.live.is_suspected(&x));
+    // A record it made before the suspicion refutes nothing.
+    assert!(b.live.refuted(x, 10).is_empty());
+    // One with a higher incarnation does.
+    assert_eq!(b.live.refuted(x, 11), vec![Action::Mark { peer: x, on: false }]);
+    assert!(!b.live.is_suspected(&x));
+    assert!(b.until(10_000).is_empty(), "nothing times out");
+    // A notice naming an incarnation older than what we hold is stale.
+    b.mesh.merge(x, &record(12), FoundBy::Gossip, true);
+    let peers = Peers { links: &b.links, mesh: &b.mesh };
+    assert!(b.live.on_notice(b.others[1], x, Some(11), 1, b.t0, peers).is_empty());
+}
+
+#[test]
+fn an_indirect_probe_answered_saves_the_cell() {
+    let mut b = Bed::new(4, false);
+    let x = b.others[0];
+    b.round(0);
+    b.outcome(x, Purpose::Watch, Outcome::Silent, 400);
+    assert!(b.live.is_suspected(&x));
+    // Another cell reached it (its answer to our notice says so), or it
+    // answered the notice itself: the node calls `heard`.
+    assert_eq!(b.live.heard(x), vec![Action::Mark { peer: x, on: false }]);
+    assert!(b.until(10_000).is_empty());
+    // So does our own probe answered while the suspicion runs.
+    b.outcome(x, Purpose::Watch, Outcome::Silent, 11_000);
+    let a = b.outcome(x, Purpose::Verify, Outcome::Answered(MS(2)), 11_300);
+    assert!(a.contains(&Action::Mark { peer: x, on: false }));
+    assert!(b.until(20_000).is_empty());
+}
+
+#[test]
+fn a_suspicion_of_this_cell_raises_its_incarnation() {
+    let mut b = Bed::new(3, false);
+    let (me, from) = (b.me, b.others[0]);
+    let peers = Peers { links: &b.links, mesh: &b.mesh };
+    // A notice at our current incarnation (5): refute with a newer record.
+    assert_eq!(b.live.on_notice(from, me, Some(5), 5, b.at(0), peers), vec![Action::Refute]);
+    // One at an older incarnation than ours: our newer record is on its way.
+    assert!(b.live.on_notice(from, me, Some(4), 6, b.at(10), peers).is_empty());
+    // An older cell names none: refute, at most every half second.
+    assert_eq!(b.live.on_notice(from, me, None, 6, b.at(600), peers), vec![Action::Refute]);
+    assert!(b.live.on_notice(from, me, None, 7, b.at(700), peers).is_empty());
+    assert!(!b.live.is_suspected(&me));
 }
 
 #[test]
@@ -167,28 +280,36 @@ fn many_cells_silent_at_once_stretch_the_wait_rather_than_fail() {
             assert_eq!(wait, TIMEOUT * (1 + b.live.health_score()));
         }
     }
-    assert_eq!(failed, others[..2].to_vec());
+    assert!(failed.is_empty(), "a check alone fails nobody");
     assert_eq!(b.live.health_score(), 2);
+    // The first two are suspected here (this cell's own checks); the last
+    // two are checked again, more patiently.
+    assert!(b.live.is_suspected(&others[0]) && b.live.is_suspected(&others[1]));
+    assert!(!b.live.is_suspected(&others[2]) && !b.live.is_suspected(&others[3]));
 }
 
 #[test]
 fn a_silent_cell_is_disconnected_after_ten_seconds() {
     let mut b = Bed::new(8, false);
     let p = b.others[3];
-    let a = b.outcome(p, Purpose::Verify, Outcome::Silent, 0);
-    assert_eq!(fails(&a), vec![p]);
-    let (_, a) = b.live.on_tick(b.at(10_000));
+    b.outcome(p, Purpose::Verify, Outcome::Silent, 0);
+    // Failed when its suspicion times out (4 s), closed 10 s after that.
+    assert_eq!(fails(&b.until(4000)), vec![p]);
+    let (_, a) = b.live.on_tick(b.at(14_000));
     assert!(a.is_empty(), "not before 10 s");
-    let (_, a) = b.live.on_tick(b.at(10_001));
+    let (_, a) = b.live.on_tick(b.at(14_001));
     assert_eq!(a, vec![Action::Disconnect(p)]);
     // Once.
-    let (_, a) = b.live.on_tick(b.at(10_500));
+    let (_, a) = b.live.on_tick(b.at(14_500));
     assert!(a.is_empty());
     // A cell heard from in the meantime is kept.
     let q = b.others[4];
-    b.outcome(q, Purpose::Verify, Outcome::Silent, 11_000);
+    b.outcome(q, Purpose::Verify, Outcome::Silent, 15_000);
+    // (The test's ticks came seconds apart: local health stretched the wait.)
+    let stretch = 1 + u64::from(b.live.health_score());
+    assert_eq!(fails(&b.until(15_000 + 4_000 * stretch)), vec![q]);
     b.live.heard(q);
-    let (_, a) = b.live.on_tick(b.at(30_000));
+    let (_, a) = b.live.on_tick(b.at(40_000));
     assert!(a.is_empty());
 }
 
@@ -241,19 +362,16 @@ fn a_refused_subscription_or_a_busy_task_means_tcp_probes() {
 }
 
 #[test]
-fn notices_are_checked_unless_they_are_about_us() {
+fn notices_are_checked_unless_the_suspect_does_not_probe() {
     let mut b = Bed::new(3, false);
     let (from, suspect) = (b.others[0], b.others[1]);
-    let peers = Peers { links: &b.links, mesh: &b.mesh };
-    let a = b.live.on_notice(from, suspect, peers);
+    let a = b.notice(from, suspect, 0);
     assert_eq!(probes(&a, Purpose::Verify), vec![suspect]);
-    let me = b.me;
-    assert!(b.live.on_notice(from, me, peers).is_empty());
     // A cell that does not speak the probe protocol is judged by ping.
     let c = b.others[2];
-    let now = b.at(0);
+    let (now, peers) = (b.at(0), Peers { links: &b.links, mesh: &b.mesh });
     b.live.on_probe(c, Purpose::Watch, &Outcome::Unsupported, now, peers);
-    assert!(b.live.on_notice(from, c, peers).is_empty());
+    assert!(b.notice(from, c, 10).is_empty());
     assert!(b.live.ping_failed(&c));
     b.live.disconnected(&c);
     assert!(!b.live.ping_failed(&c));

@@ -207,7 +207,8 @@ impl Node {
             Ok(rtt) => {
                 let t = self.mesh.rtt(e.peer, rtt);
                 if t.is_some() {
-                    self.liveness.heard(e.peer);
+                    let actions = self.liveness.heard(e.peer);
+                    self.live(actions);
                 }
                 self.transition(t);
                 self.publisher.coalescer.soft();

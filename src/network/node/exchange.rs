@@ -13,7 +13,7 @@ use super::Node;
 use crate::mesh::FoundBy;
 use crate::metrics::RegistrationLabels;
 use crate::network::dialer::RegisterReply;
-use crate::network::liveness::Peers;
+use crate::network::liveness::{self, Peers};
 use crate::network::membership::{self, Request};
 use crate::network::protocol::{
     CellRecord, KnownCell, RecordError, RegisterRequest, RegisterResponse, RequestKind,
@@ -103,8 +103,16 @@ impl Node {
                 let (kind, reply) = match self.membership.settled(request_id) {
                     Some(Request::Hello { reply, .. }) => ("hello", reply),
                     Some(Request::Sync { .. }) => ("sync", None),
-                    // Leave and suspect answers carry nothing we need.
-                    Some(Request::Leave { .. } | Request::Suspect) | None => return,
+                    Some(Request::Suspect { to, suspect }) => {
+                        // The suspect answered, or another cell reached it.
+                        if to == suspect || response.alive == Some(true) {
+                            let actions = self.liveness.heard(suspect);
+                            self.live(actions);
+                        }
+                        return;
+                    }
+                    // A leave's answer carries nothing we need.
+                    Some(Request::Leave { .. }) | None => return,
                 };
                 if self.links.is_connected(&peer) {
                     self.membership.exchanged(peer);
@@ -132,7 +140,7 @@ impl Node {
                 let reply = match self.membership.settled(request_id) {
                     Some(Request::Hello { reply, .. }) => reply,
                     Some(Request::Sync { .. }) => None,
-                    Some(Request::Leave { .. } | Request::Suspect) | None => return,
+                    Some(Request::Leave { .. } | Request::Suspect { .. }) | None => return,
                 };
                 // The tick sends another hello while the peer stays connected,
                 // unless it does not speak the protocol at all.
@@ -181,7 +189,7 @@ impl Node {
         channel: ResponseChannel<RegisterResponse>,
         known: Vec<KnownCell>,
     ) {
-        let resp = RegisterResponse { record: self.local.record(false), known };
+        let resp = RegisterResponse { record: self.local.record(false), known, alive: None };
         let _ = self.swarm.behaviour_mut().register.send_response(channel, resp);
     }
 
@@ -224,9 +232,23 @@ impl Node {
                         let actions = self.liveness.on_notice(
                             peer,
                             suspect,
+                            request.incarnation,
+                            self.local.seq,
+                            Instant::now(),
                             Peers { links: &self.links, mesh: &self.mesh },
                         );
+                        let checks = actions.iter().any(|a| {
+                            matches!(a, liveness::Action::Probe { peer, .. } if *peer == suspect)
+                        });
                         self.live(actions);
+                        if checks {
+                            // Answered with the probe's outcome.
+                            self.held_notices
+                                .entry(suspect)
+                                .or_default()
+                                .push((Instant::now(), channel));
+                            return;
+                        }
                     }
                     None => tracing::debug!(%peer, "a suspect notice without a valid peer id"),
                 }
@@ -236,6 +258,18 @@ impl Node {
     }
 
     // ---- shutdown -------------------------------------------------------
+
+    /// Answers the notices about `suspect` held for our probe of it.
+    pub(super) fn answer_notices(&mut self, suspect: PeerId, alive: bool) {
+        for (_, channel) in self.held_notices.remove(&suspect).unwrap_or_default() {
+            let resp = RegisterResponse {
+                record: self.local.record(false),
+                known: Vec::new(),
+                alive: Some(alive),
+            };
+            let _ = self.swarm.behaviour_mut().register.send_response(channel, resp);
+        }
+    }
 
     /// Tells every connected cell we are leaving and waits (briefly) for
     /// their acknowledgements, so they mark us left before our connections

@@ -16,13 +16,14 @@
 mod discovery;
 mod exchange;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, TopicHash};
 use libp2p::metrics::Recorder;
-use libp2p::request_response::OutboundRequestId;
+use libp2p::request_response::{OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm};
@@ -41,7 +42,7 @@ use crate::network::links::Links;
 use crate::network::liveness::{self, Liveness, Peers};
 use crate::network::local::Local;
 use crate::network::membership::{Membership, Request};
-use crate::network::protocol::{CellRecord, RegisterRequest, RequestKind, TOPIC};
+use crate::network::protocol::{CellRecord, RegisterRequest, RegisterResponse, RequestKind, TOPIC};
 use crate::network::publisher::Publisher;
 use crate::network::tasks::{Tasks, Wiring};
 use crate::network::{handshake, Behaviour, BehaviourEvent, NetworkError};
@@ -79,6 +80,9 @@ pub struct Node {
     exchange_every: Duration,
     /// Cells from the last run, dialed once at start.
     rejoin: Vec<(PeerId, Vec<Multiaddr>)>,
+    /// `suspect` notices waiting for our probe of their suspect (answered
+    /// with its outcome: an indirect probe), and when each came.
+    held_notices: HashMap<PeerId, Vec<(Instant, ResponseChannel<RegisterResponse>)>>,
 }
 
 impl Node {
@@ -160,6 +164,7 @@ impl Node {
             p2p_metrics,
             exchange_every: config.tuning.exchange_interval(),
             rejoin,
+            held_notices: HashMap::new(),
             swarm,
         };
         Ok((node, handle))
@@ -197,7 +202,7 @@ impl Node {
                 Some(result) = probe_results.recv() => self.on_probe(result),
                 Some(event) = beat_events.recv() => self.on_beat(event),
                 _ = sleep_until(beat_due) => {
-                    let actions = self.liveness.beat_overdue(Instant::now(), Peers { links: &self.links, mesh: &self.mesh });
+                    let actions = self.liveness.on_deadline(Instant::now(), Peers { links: &self.links, mesh: &self.mesh });
                     self.live(actions);
                 }
                 Some((index, addrs)) = resolved.recv() => {
@@ -301,6 +306,13 @@ impl Node {
     }
 
     fn on_tick(&mut self, now: Instant) {
+        // Notices whose asker has given up on the answer (the probe never
+        // came back: the prober was busy).
+        let limit = crate::network::behaviour::REQUEST_TIMEOUT;
+        self.held_notices.retain(|_, held| {
+            held.retain(|(at, _)| now.duration_since(*at) < limit);
+            !held.is_empty()
+        });
         let (late, actions) = self.liveness.on_tick(now);
         if let Some(late) = late {
             tracing::debug!(
@@ -365,17 +377,27 @@ impl Node {
                     tracing::debug!(%peer, ?wait, "probe unanswered; asking every cell to check");
                     self.metrics.suspects_sent.inc();
                 }
-                A::Notify { to, suspect } => {
+                A::Notify { to, suspect, incarnation } => {
                     let req = RegisterRequest {
                         suspect: Some(suspect.to_base58()),
+                        incarnation: Some(incarnation),
                         ..RegisterRequest::new(RequestKind::Suspect, self.local.record(false))
                     };
                     let id = self.swarm.behaviour_mut().register.send_request(&to, req);
-                    self.membership.sent(id, Request::Suspect);
+                    self.membership.sent(id, Request::Suspect { to, suspect });
+                }
+                A::Mark { peer, on } => {
+                    if self.mesh.set_suspect(peer, on) {
+                        self.publisher.coalescer.dirty();
+                    }
                 }
                 A::Fail(peer) => {
                     let t = self.mesh.unreachable(peer);
                     self.transition(t);
+                }
+                A::Refute => {
+                    self.publish_own("refuting a suspicion of this cell");
+                    self.publisher.coalescer.dirty();
                 }
                 A::Disconnect(peer) => {
                     tracing::debug!(%peer, "still no probe answer; closing its connections");
@@ -407,6 +429,10 @@ impl Node {
             Peers { links: &self.links, mesh: &self.mesh },
         );
         self.live(actions);
+        if r.purpose == crate::network::probe::Purpose::Verify {
+            let answered = matches!(r.outcome, crate::network::probe::Outcome::Answered(_));
+            self.answer_notices(r.peer, answered);
+        }
         if let crate::network::probe::Outcome::Answered(rtt) = r.outcome {
             let t = self.mesh.rtt(r.peer, rtt);
             if t.is_some() {
@@ -421,8 +447,12 @@ impl Node {
         use crate::network::beat::BeatEvent;
         match event {
             BeatEvent::Beat { peer, at, view } => {
+                let suspected = self.liveness.is_suspected(&peer);
                 if !self.liveness.on_beat(peer, at) {
                     return;
+                }
+                if suspected {
+                    self.live(vec![liveness::Action::Mark { peer, on: false }]);
                 }
                 self.metrics.beats_received.inc();
                 if self.membership.on_view(peer, view, self.view_hash(), at) {
@@ -490,6 +520,10 @@ impl Node {
                 return merge;
             }
             Merge::Stale => return merge,
+            _ if self.liveness.is_suspected(&peer) => {
+                let actions = self.liveness.refuted(peer, record.seq);
+                self.live(actions);
+            }
             Merge::New if !direct && !self.links.is_connected(&peer) => {
                 // A cell we had not heard of: let the DHT find it soon.
                 self.beyond.kick(Instant::now());
@@ -613,7 +647,8 @@ impl Node {
                 self.transition(t);
                 self.tasks.set_beat_ip(peer_id, self.links.direct_ip(&peer_id));
                 // A new connection proves the cell is there.
-                self.liveness.heard(peer_id);
+                let actions = self.liveness.heard(peer_id);
+                self.live(actions);
                 self.publisher.coalescer.dirty();
                 // Exchange records with every newly connected cell. Both sides
                 // may send (a simultaneous dial): harmless, and it does not

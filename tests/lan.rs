@@ -38,6 +38,10 @@ const LEVEL: f64 = 4.25;
 /// the ping interval + timeout (1 s + 2 s) is failed, ~3.3 s measured here.
 /// The bound leaves room for a slow machine.
 const CUT_WITHIN: Duration = Duration::from_secs(10);
+/// Loss on every host's link for the lossy-LAN test: 50 per mille at each
+/// end's input and output is about 10 % one way, a poor Wi-Fi.
+const LOSS_PERMILLE: u32 = 50;
+const LOSSY_FOR: Duration = Duration::from_secs(30);
 /// After a partition heals, both sides must be connected again within 3 s
 /// (failed cells are redialed with a backoff of at most 2 s).
 const REJOIN_WITHIN: Duration = Duration::from_secs(3);
@@ -508,5 +512,81 @@ fn a_paused_cell_is_failed_then_alive_again_on_the_same_connection() {
         "{test}: TIMINGS pause_detection={}ms alive_again={}ms",
         ms(failed - paused),
         ms(back - resumed)
+    );
+}
+
+/// A cell's log lines that contain `what`.
+fn logged(lan: &netns::Lan, c: &Cell, what: &str) -> usize {
+    lan.log(c.proc).lines().filter(|l| l.contains(what)).count()
+}
+
+/// On a lossy LAN (about 10 % loss each way, a poor Wi-Fi), suspicions come
+/// and go but no live cell is ever failed; a host that really goes away is
+/// still failed by all.
+#[test]
+fn on_a_lossy_lan_no_live_cell_is_failed_and_a_vanished_one_still_is() {
+    let test = "lan-lossy";
+    let Some(mut lan) = netns::lan_or_skip(test, "ly", OCTET, 4) else {
+        return;
+    };
+    let (cells, _, _) = start_cells(&mut lan, 4);
+    let everyone: Vec<&Cell> = cells.iter().collect();
+    let _ = wait_converged(&mut lan, &cells, CONVERGE_WITHIN);
+    let failed_before: Vec<usize> = cells.iter().map(|c| logged(&lan, c, "cell failed")).collect();
+    for c in &cells {
+        lan.set_loss(c.host, LOSS_PERMILLE).expect("a lossy link");
+    }
+    // The window is bounded; the cells' own logs say every failure they
+    // declared (no polling gap can miss a short one).
+    let until = Instant::now() + LOSSY_FOR;
+    while Instant::now() < until {
+        for c in &cells {
+            lan.running(c.proc).expect("a cell died on the lossy LAN");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let false_failures: Vec<String> = cells
+        .iter()
+        .zip(&failed_before)
+        .filter(|(c, before)| logged(&lan, c, "cell failed") > **before)
+        .map(|(c, _)| {
+            let lines: Vec<String> = lan
+                .log(c.proc)
+                .lines()
+                .filter(|l| l.contains("cell failed"))
+                .map(str::to_owned)
+                .collect();
+            format!("{}: {}", c.name, lines.join(" | "))
+        })
+        .collect();
+    let suspicions: usize = cells.iter().map(|c| logged(&lan, c, "suspecting a silent cell")).sum();
+    let refuted: usize = cells
+        .iter()
+        .map(|c| logged(&lan, c, "suspicion refuted by") + logged(&lan, c, "the suspect answered"))
+        .sum();
+    assert!(
+        false_failures.is_empty(),
+        "live cells were failed on a lossy LAN:\n{}",
+        false_failures.join("\n")
+    );
+    // Still one mesh, everyone alive.
+    let _ =
+        wait_for(&mut lan, &everyone, "all alive after the lossy window", CUT_WITHIN, |c, v| {
+            sees_all_alive(&cells, c, v)
+        });
+
+    // A host that vanishes (its cable pulled) is failed by the rest, loss and all.
+    let gone = &cells[3];
+    let pulled = Instant::now();
+    lan.set_link(gone.host, false).expect("pull a cable");
+    let rest: Vec<&Cell> = cells[..3].iter().collect();
+    let noticed = wait_for(&mut lan, &rest, "the vanished cell failed", CUT_WITHIN, |_, v| {
+        state_of(v, &gone.peer_id).as_deref() == Some("failed")
+    });
+    eprintln!(
+        "{test}: TIMINGS lossy_window={}ms suspicions={suspicions} answered_or_refuted={refuted} \
+         vanished_detection={}ms",
+        ms(LOSSY_FOR),
+        ms(noticed - pulled)
     );
 }

@@ -664,6 +664,28 @@ impl Lan {
         out
     }
 
+    /// Makes host `i`'s link lossy: `permille` of the packets dropped at
+    /// random as they enter and as they leave its `eth0` (nftables; this
+    /// kernel has no netem), so with every host at K the loss between two
+    /// hosts is about 2K per mille each way. 0 removes it. Loopback stays
+    /// clean (the tests' own queries run inside each host).
+    pub(crate) fn set_loss(&self, host: usize, permille: u32) -> Result<(), String> {
+        let nft = nft_path().ok_or("nftables' `nft` was not found (Debian package nftables)")?;
+        let ns = &self.hosts[host].ns;
+        let _ = run_in(ns, &nft, &["delete", "table", "inet", "lossy"]);
+        if permille == 0 {
+            return Ok(());
+        }
+        let rules = format!(
+            "table inet lossy {{\n\
+             chain input {{ type filter hook input priority -300; iifname \"eth0\" numgen random mod 1000 < {permille} drop; }}\n\
+             chain output {{ type filter hook output priority -300; oifname \"eth0\" numgen random mod 1000 < {permille} drop; }}\n}}\n"
+        );
+        let file = self.dir.path().join(format!("loss-{host}.nft"));
+        std::fs::write(&file, rules).map_err(|e| format!("{}: {e}", file.display()))?;
+        run_in(ns, &nft, &["-f", &file.to_string_lossy()])
+    }
+
     /// Takes host `i`'s cable out (or puts it back): its bridge port goes down.
     pub(crate) fn set_link(&self, host: usize, up: bool) -> Result<(), String> {
         let h = &self.hosts[host];

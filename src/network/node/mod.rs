@@ -374,7 +374,7 @@ impl Node {
                     }
                 }
                 A::Suspected { peer, wait } => {
-                    tracing::debug!(%peer, ?wait, "probe unanswered; asking every cell to check");
+                    tracing::debug!(%peer, ?wait, "suspecting a silent cell; telling every cell");
                     self.metrics.suspects_sent.inc();
                 }
                 A::Notify { to, suspect, incarnation } => {

@@ -434,3 +434,45 @@ fn version_and_completions() {
     assert!(out.status.success());
     assert!(stdout(&out).contains("members"), "{}", stdout(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_exits_non_zero_when_the_cell_is_degraded() {
+    // Two cells with one identity (a cloned disk image), both knowing a hub.
+    let hub = start("hub", None).await;
+    let to_hub: Vec<aios_cell::config::PeerAddr> = vec![p2p_addr(&hub).await.parse().unwrap()];
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let start_in = |name: &str, dir: &Path| {
+        let mut config = Config::loopback(name, dir.to_path_buf());
+        config.peers = to_hub.clone();
+        config.tuning.heartbeat_secs = 1;
+        Cell::start(config)
+    };
+    let a = start_in("original", dir_a.path()).await.unwrap();
+    let key = aios_cell::identity::KEY_FILE;
+    std::fs::copy(dir_a.path().join(key), dir_b.path().join(key)).unwrap();
+    let b = start_in("copy", dir_b.path()).await.unwrap();
+
+    let health = |api: String| {
+        let mut cmd = bin(hub.dir.path());
+        cmd.args(["health", "--api", &api]);
+        run(cmd)
+    };
+    let out = health(hub.api()).await;
+    assert!(out.status.success(), "a healthy cell: {}{}", stdout(&out), stderr(&out));
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let degraded = loop {
+        let found = [&a, &b].into_iter().find(|c| c.handle().snapshot().degraded.is_some());
+        if let Some(c) = found {
+            break format!("http://{}", c.http_addr());
+        }
+        assert!(Instant::now() < deadline, "neither clone reported the shared identity");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let out = health(degraded).await;
+    assert!(!out.status.success(), "health exited 0 on a degraded cell: {}", stdout(&out));
+    assert!(stdout(&out).contains("degraded"), "{}", stdout(&out));
+    a.shutdown().await;
+    b.shutdown().await;
+    hub.cell.shutdown().await;
+}

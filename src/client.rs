@@ -181,6 +181,16 @@ impl Client {
     fn failed(&self, e: reqwest::Error, url: &str) -> ClientError {
         if e.is_timeout() {
             ClientError::TimedOut { url: url.into(), secs: CLIENT_TIMEOUT.as_secs() }
+        } else if e.is_connect() {
+            // reqwest's chain repeats the URL; the innermost cause says why.
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(inner) = cause.source() {
+                cause = inner;
+            }
+            let reason = format!(
+                "{cause} (is the cell running, and is its API there? see AIOS_HTTP_ADDR / --api)"
+            );
+            ClientError::Unreachable { url: url.into(), reason }
         } else {
             ClientError::Unreachable { url: url.into(), reason: error_chain(&e) }
         }

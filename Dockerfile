@@ -70,11 +70,11 @@ USER 10001:10001
 # mDNS (UDP 5353) needs host networking anyway; see docker-compose.yml.
 EXPOSE 8000 9091 8001/tcp 8001/udp 8002/udp
 
-# The binary is its own health client (no curl in the image). It exits
-# non-zero when the API does not answer 200. If you move the API with
-# AIOS_HTTP_ADDR, override this check with the new port.
+# The binary is its own health client (no curl in the image). It finds the
+# API where the cell binds it (AIOS_HTTP_ADDR, the config file, else :8000)
+# and exits non-zero when it does not answer or the cell is degraded.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["aios-cell", "health", "--api", "http://127.0.0.1:8000"]
+    CMD ["aios-cell", "health"]
 
 # SIGTERM makes the cell leave the mesh cleanly (peers mark it "left").
 STOPSIGNAL SIGTERM

@@ -56,6 +56,7 @@ POLLER = os.path.join(HERE, "poller.py")
 T_START = time.monotonic()
 
 CELL_HTTP_PORT = 8000
+CELL_METRICS_PORT = 9091
 STATIC_PORT = 8080  # the baseline server; the cell holds 8000, 8001 and 9091
 SERF_RPC = "127.0.0.1:7373"  # each namespace has its own loopback
 
@@ -66,6 +67,13 @@ def log(msg):
 
 class BenchError(Exception):
     pass
+
+
+def loss_pct(permille):
+    """One-way loss of a drop of `permille` in each of two hooks (the sender's
+    output and the receiver's input)."""
+    k = permille / 1000.0
+    return (1 - (1 - k) ** 2) * 100
 
 
 def read_int(path, default):
@@ -248,7 +256,59 @@ class Lab:
             f"{'(static ARP) ' if self.static_arp else ''}in {time.monotonic() - t:.1f}s")
 
     def destroy(self):
+        # The hosts' nftables (the lossy table) live in their namespaces and
+        # go with them.
         REAPER.delete_ns([self.ns(i) for i in range(self.n, 0, -1)] + [self.hub])
+
+    # The harness's own HTTP traffic to the cells (the poller in host 1 and
+    # the cells' API and metrics ports) is accepted before the drop, so the
+    # observation channel stays clean, as Serf's (its agents' stdout and the
+    # RPC on loopback) does. Nothing else uses these ports.
+    HARNESS_PORTS = f"{{ {CELL_HTTP_PORT}, {CELL_METRICS_PORT} }}"
+
+    def set_loss(self, permille):
+        """A random drop of `permille`/1000 in both hooks of every host's eth0
+        (/work/shared/netns.md "A lossy link": this kernel has no netem);
+        loopback stays clean."""
+        k = int(permille)
+        hp = self.HARNESS_PORTS
+        rules = (
+            "table inet lossy {\n"
+            "  chain input  { type filter hook input priority -300;\n"
+            f"    iifname \"eth0\" tcp dport {hp} accept\n"
+            f"    iifname \"eth0\" tcp sport {hp} accept\n"
+            f"    iifname \"eth0\" numgen random mod 1000 < {k} counter drop\n  }}\n"
+            "  chain output { type filter hook output priority -300;\n"
+            f"    oifname \"eth0\" tcp dport {hp} accept\n"
+            f"    oifname \"eth0\" tcp sport {hp} accept\n"
+            f"    oifname \"eth0\" numgen random mod 1000 < {k} counter drop\n  }}\n"
+            "}\n")
+        for i in range(1, self.n + 1):
+            r = subprocess.run(["ip", "netns", "exec", self.ns(i), "nft", "-f", "-"], input=rules,
+                               capture_output=True, text=True, timeout=15)
+            if r.returncode != 0:
+                raise BenchError(f"nft in {self.ns(i)}: {r.stderr.strip()}")
+        log(f"lab {self.p}: dropping {k}/1000 in each hook of every host's eth0 "
+            f"(~{loss_pct(k):.1f} % one way)")
+
+    def dropped(self):
+        """Packets the lossy tables have dropped so far, summed over the hosts
+        (input, output), or None without the tables."""
+        tot = [0, 0]
+        for i in range(1, self.n + 1):
+            r = run(["ip", "netns", "exec", self.ns(i), "nft", "list", "table", "inet", "lossy"],
+                    check=False)
+            if r.returncode != 0:
+                return None
+            chain = None
+            for line in r.stdout.splitlines():
+                m = re.match(r"\s*chain (\w+)", line)
+                if m:
+                    chain = m.group(1)
+                m = re.search(r"counter packets (\d+) bytes \d+ drop", line)
+                if m and chain in ("input", "output"):
+                    tot[chain == "output"] += int(m.group(1))
+        return tuple(tot)
 
     def link(self, i, up):
         run(["ip", "-n", self.hub, "link", "set", self.veth(i), "up" if up else "down"])

@@ -1,20 +1,136 @@
 //! Client verbs against a running cell's API, the way `serf members` works:
-//! `aios-cell health`, `aios-cell peers`, `aios-cell sync [--level X]`.
+//! `aios-cell health`, `peers`, `sync [--level X]`, `join`, `monitor`.
+//!
+//! The client finds the cell the way the cell finds its own settings:
+//! `--api` / `AIOS_API` when given, else the cell's `AIOS_HTTP_ADDR` or the
+//! config file's `http_addr` (an unspecified IP means this host's loopback),
+//! else `127.0.0.1:8000`. Its token comes from the cell's own sources.
 
 use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
+
+use crate::config::{self, ConfigError, FileConfig, DEFAULT_HTTP_PORT};
+
+/// How long a client waits for a cell's answer.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the token can come from, for messages.
+const TOKEN_SOURCES: &str = "--api-token, --api-token-file, AIOS_API_TOKEN, AIOS_API_TOKEN_FILE, \
+     or api_token / api_token_file in the config file";
 
 /// Errors talking to a cell.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot reach the cell at {url}: {reason}")]
     Unreachable { url: String, reason: String },
+    #[error(
+        "no answer from {url} within {secs}s: is that the cell's HTTP API? (the libp2p port, \
+         8001 by default, speaks no HTTP; the API is on {DEFAULT_HTTP_PORT} unless AIOS_HTTP_ADDR moves it)"
+    )]
+    TimedOut { url: String, secs: u64 },
+    #[error("the cell answered 401: it needs a token; give it with {TOKEN_SOURCES}")]
+    Unauthorized,
     #[error("the cell answered {status}: {message}")]
     Status { status: u16, message: String },
-    #[error("the cell's answer is not JSON: {0}")]
-    Body(String),
+    #[error(
+        "{url} is the cell's metrics port, not its API: the API is on {DEFAULT_HTTP_PORT} unless \
+         AIOS_HTTP_ADDR moves it"
+    )]
+    MetricsPort { url: String },
+    #[error("{url} answered {status} with something that is not the cell's JSON ({detail}): is that the cell's HTTP API?")]
+    NotJson { url: String, status: u16, detail: String },
+    #[error("invalid API address {given:?}: expected a URL (http://127.0.0.1:8000) or host:port")]
+    BadApi { given: String },
+    #[error("{var}={value:?} is not a host:port, so the client cannot find the cell from it; pass --api")]
+    BadEnv { var: &'static str, value: String },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Turns what a user typed for `--api` into a base URL: a URL as given,
+/// `host:port` or a bare host (port 8000) with `http://` before it.
+pub fn normalize_api(given: &str) -> Result<String, ClientError> {
+    let s = given.trim().trim_end_matches('/');
+    let bad = || ClientError::BadApi { given: given.to_owned() };
+    if s.is_empty() {
+        return Err(bad());
+    }
+    let url = if s.contains("://") {
+        s.to_owned()
+    } else if s.parse::<Ipv6Addr>().is_ok() {
+        format!("http://[{s}]:{DEFAULT_HTTP_PORT}")
+    } else if s.starts_with('[') || s.contains(':') {
+        format!("http://{s}")
+    } else {
+        format!("http://{s}:{DEFAULT_HTTP_PORT}")
+    };
+    let parsed = reqwest::Url::parse(&url).map_err(|_| bad())?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(bad());
+    }
+    Ok(url)
+}
+
+/// The API URL a client reaches for a cell bound to `addr`: an unspecified
+/// IP (0.0.0.0, ::) means this host's loopback.
+pub fn api_of_bind(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+/// What a client verb was given: its own flags (each with its variable).
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    /// `--api` / `AIOS_API`.
+    pub api: Option<String>,
+    /// `--api-token` / `AIOS_API_TOKEN`.
+    pub api_token: Option<String>,
+    /// `--api-token-file` / `AIOS_API_TOKEN_FILE`.
+    pub api_token_file: Option<PathBuf>,
+    /// `--config` / `AIOS_CONFIG`.
+    pub config: Option<PathBuf>,
+}
+
+impl Target {
+    /// The base URL and token, from the flags, then the cell's own
+    /// `AIOS_HTTP_ADDR` (read from `env`), then the config file.
+    pub fn resolve(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(String, Option<String>), ClientError> {
+        let file = config::load_file(self.config.as_deref())?.map(|(f, _)| f).unwrap_or_default();
+        let api = match &self.api {
+            Some(a) => normalize_api(a)?,
+            None => match env("AIOS_HTTP_ADDR").filter(|v| !v.trim().is_empty()) {
+                Some(v) => api_of_bind(
+                    config::parse_socket_addr(&v)
+                        .map_err(|_| ClientError::BadEnv { var: "AIOS_HTTP_ADDR", value: v })?,
+                ),
+                None => match file.http_addr {
+                    Some(a) => api_of_bind(a),
+                    None => format!("http://127.0.0.1:{DEFAULT_HTTP_PORT}"),
+                },
+            },
+        };
+        let token = config::resolve_token(
+            self.api_token.clone(),
+            self.api_token_file.clone(),
+            &FileConfig {
+                api_token: file.api_token,
+                api_token_file: file.api_token_file,
+                ..FileConfig::default()
+            },
+        )?;
+        Ok((api, token))
+    }
 }
 
 /// A small client for one cell's API.
@@ -25,12 +141,19 @@ pub struct Client {
 }
 
 impl Client {
+    /// `base` is a URL or `host:port` (see [`normalize_api`]).
     pub fn new(base: &str, token: Option<String>) -> Result<Client, ClientError> {
+        let base = normalize_api(base)?;
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(3))
             .build()
-            .map_err(|e| ClientError::Unreachable { url: base.into(), reason: e.to_string() })?;
-        Ok(Client { base: base.trim_end_matches('/').to_owned(), token, http })
+            .map_err(|e| ClientError::Unreachable { url: base.clone(), reason: e.to_string() })?;
+        Ok(Client { base, token, http })
+    }
+
+    /// The base URL this client calls.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     async fn send(&self, req: reqwest::RequestBuilder, url: &str) -> Result<Value, ClientError> {
@@ -38,17 +161,55 @@ impl Client {
             Some(t) => req.bearer_auth(t),
             None => req,
         };
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable { url: url.into(), reason: error_chain(&e) })?;
+        let resp = req.timeout(CLIENT_TIMEOUT).send().await.map_err(|e| self.failed(e, url))?;
         let status = resp.status();
-        let body: Value = resp.json().await.map_err(|e| ClientError::Body(e.to_string()))?;
+        let text = resp.text().await.map_err(|e| self.failed(e, url))?;
+        let body: Value = match serde_json::from_str(&text) {
+            Ok(v) => v,
+            Err(_) => return Err(self.not_json(url, status.as_u16(), &text).await),
+        };
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(ClientError::Unauthorized);
+        }
         if !status.is_success() {
             let message = body.get("error").and_then(Value::as_str).unwrap_or("").to_owned();
             return Err(ClientError::Status { status: status.as_u16(), message });
         }
         Ok(body)
+    }
+
+    fn failed(&self, e: reqwest::Error, url: &str) -> ClientError {
+        if e.is_timeout() {
+            ClientError::TimedOut { url: url.into(), secs: CLIENT_TIMEOUT.as_secs() }
+        } else if e.is_connect() {
+            // reqwest's chain repeats the URL; the innermost cause says why.
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(inner) = cause.source() {
+                cause = inner;
+            }
+            let reason = format!(
+                "{cause} (is the cell running, and is its API there? see AIOS_HTTP_ADDR / --api)"
+            );
+            ClientError::Unreachable { url: url.into(), reason }
+        } else {
+            ClientError::Unreachable { url: url.into(), reason: error_chain(&e) }
+        }
+    }
+
+    /// Says what answered instead of the API: the metrics port (its
+    /// `/metrics` is Prometheus text), or something else.
+    async fn not_json(&self, url: &str, status: u16, text: &str) -> ClientError {
+        let metrics = format!("{}/metrics", self.base);
+        if let Ok(resp) = self.http.get(&metrics).timeout(Duration::from_secs(3)).send().await {
+            if let Ok(body) = resp.text().await {
+                if body.contains("# TYPE aios_") || body.contains("# HELP aios_") {
+                    return ClientError::MetricsPort { url: self.base.clone() };
+                }
+            }
+        }
+        let detail: String = text.trim().chars().take(60).collect();
+        let detail = if detail.is_empty() { "an empty body".into() } else { format!("{detail:?}") };
+        ClientError::NotJson { url: url.into(), status, detail }
     }
 
     pub async fn health(&self) -> Result<Value, ClientError> {
@@ -68,6 +229,70 @@ impl Client {
             None => self.http.post(&url),
         };
         self.send(req, &url).await
+    }
+
+    /// `POST /register` for `address`: a multiaddr, or `host[:port]` of the
+    /// peer's libp2p port.
+    pub async fn join(&self, address: &str) -> Result<Value, ClientError> {
+        let url = format!("{}/register", self.base);
+        let body = match address.parse::<config::PeerAddr>()? {
+            config::PeerAddr::Multiaddr(m) => {
+                // The route wants a host as well: the multiaddr's, if it has one.
+                let host = m
+                    .iter()
+                    .find_map(|p| match p {
+                        libp2p::multiaddr::Protocol::Ip4(ip) => Some(ip.to_string()),
+                        libp2p::multiaddr::Protocol::Ip6(ip) => Some(ip.to_string()),
+                        libp2p::multiaddr::Protocol::Dns(h)
+                        | libp2p::multiaddr::Protocol::Dns4(h)
+                        | libp2p::multiaddr::Protocol::Dns6(h) => Some(h.to_string()),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| "127.0.0.1".into());
+                serde_json::json!({ "cell_id": host, "ip": host, "port": DEFAULT_HTTP_PORT,
+                                    "multiaddr": m.to_string() })
+            }
+            config::PeerAddr::Host { host, port } => serde_json::json!({
+                "cell_id": host, "ip": host, "port": DEFAULT_HTTP_PORT, "p2p_port": port
+            }),
+        };
+        self.send(self.http.post(&url).json(&body), &url).await
+    }
+
+    /// Follows `GET /events`, calling `each(event, data)` for every event
+    /// until the cell ends the stream.
+    pub async fn monitor(&self, mut each: impl FnMut(&str, &str)) -> Result<(), ClientError> {
+        let url = format!("{}/events", self.base);
+        let mut resp = self.http.get(&url).send().await.map_err(|e| self.failed(e, &url))?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            return Err(self.not_json(&url, status, &text).await);
+        }
+        let mut buf = String::new();
+        let (mut event, mut data) = (String::new(), String::new());
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.failed(e, &url))? {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find('\n') {
+                let line: String = buf.drain(..=end).collect();
+                let line = line.trim_end_matches(['\r', '\n']);
+                if line.is_empty() {
+                    if !data.is_empty() {
+                        each(if event.is_empty() { "message" } else { &event }, &data);
+                    }
+                    event.clear();
+                    data.clear();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    if !data.is_empty() {
+                        data.push('\n');
+                    }
+                    data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -182,4 +407,44 @@ pub fn format_sync(v: &Value) -> String {
         text(v, "network_level"),
         text(v, "reached")
     )
+}
+
+/// `aios-cell join` result.
+pub fn format_join(v: &Value) -> String {
+    let peer = v.get("peer").unwrap_or(&Value::Null);
+    format!("registered {} ({})\n", text(peer, "cell_id"), text(peer, "peer_id"))
+}
+
+/// One `/events` event as a line, like `serf monitor`.
+pub fn format_event(event: &str, data: &str) -> String {
+    let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+    let who = |v: &Value| {
+        let cell = text(v, "cell_id");
+        let peer = text(v, "peer_id");
+        if cell == "-" {
+            peer
+        } else {
+            format!("{cell} ({peer})")
+        }
+    };
+    match event {
+        "snapshot" => {
+            let n = v.get("peers").and_then(Value::as_array).map_or(0, Vec::len);
+            format!(
+                "snapshot: {} and {n} known cell(s)",
+                who(v.get("local").unwrap_or(&Value::Null))
+            )
+        }
+        "status" => format!(
+            "status: {}{}, {} cell(s) alive",
+            text(&v, "status"),
+            v.get("reason").and_then(Value::as_str).map(|r| format!(" ({r})")).unwrap_or_default(),
+            text(&v, "peers_alive")
+        ),
+        "level_changed" => {
+            format!("level_changed: {} {} -> {}", who(&v), text(&v, "old_level"), text(&v, "level"))
+        }
+        "shutdown" => format!("shutdown: {} is stopping", who(&v)),
+        _ => format!("{event}: {}", who(&v)),
+    }
 }

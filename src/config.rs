@@ -27,6 +27,21 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is not valid TOML for aios-cell: {source}")]
     Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error(
+        "config file {path}: unknown key `{key}`{}{}",
+        section.as_deref().map(|s| format!(" in [{s}]")).unwrap_or_default(),
+        match suggestion {
+            Some(s) => format!(" (did you mean `{s}`?)"),
+            None => format!(" (the keys there: {})", known.join(", ")),
+        }
+    )]
+    UnknownKey {
+        path: PathBuf,
+        key: String,
+        section: Option<String>,
+        suggestion: Option<String>,
+        known: Vec<String>,
+    },
     #[error("invalid peer {0:?}: expected a multiaddr (/ip4/…/tcp/8001) or host[:port]")]
     BadPeer(String),
     #[error("consciousness_level must be a finite, non-negative number, got {0}")]
@@ -194,6 +209,9 @@ pub struct Config {
     pub cell_id: String,
     pub branch: String,
     pub consciousness_level: f64,
+    /// The level was set (flag, environment or file), not the default: it
+    /// then wins over the level saved by the last run.
+    pub consciousness_level_explicit: bool,
     pub http_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     /// IP the libp2p listeners bind (all interfaces by default).
@@ -219,6 +237,7 @@ impl Default for Config {
             cell_id: default_cell_id(),
             branch: "main".into(),
             consciousness_level: 0.5,
+            consciousness_level_explicit: false,
             http_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_HTTP_PORT)),
             metrics_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 9091)),
             p2p_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -261,13 +280,17 @@ pub fn default_config_file() -> Option<PathBuf> {
     project_dirs().map(|d| d.config_dir().join("aios-cell.toml"))
 }
 
-/// The keys a config file may hold; all optional.
+/// The keys a config file may hold; all optional. A key it does not know
+/// is an error with a suggestion, in `[tuning]` as at the top.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub cell_id: Option<String>,
     pub branch: Option<String>,
     pub consciousness_level: Option<f64>,
+    #[serde(default, deserialize_with = "de_socket_addr")]
     pub http_addr: Option<SocketAddr>,
+    #[serde(default, deserialize_with = "de_socket_addr")]
     pub metrics_addr: Option<SocketAddr>,
     pub p2p_ip: Option<IpAddr>,
     pub p2p_port: Option<u16>,
@@ -282,113 +305,221 @@ pub struct FileConfig {
     pub prometheus_addr: Option<String>,
     pub log_format: Option<LogFormat>,
     pub tuning: Option<Tuning>,
-    /// Keys we do not know, reported as warnings.
-    #[serde(flatten, skip_serializing)]
-    pub unknown: toml::Table,
+}
+
+fn de_socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_socket_addr(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
+/// The keys a serialisable struct has (its fields, `None` ones included).
+fn keys_of<T: Serialize>(value: &T) -> Vec<String> {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The known key closest to `key`, if it is close enough to be a typo.
+fn closest(key: &str, known: &[String]) -> Option<String> {
+    known
+        .iter()
+        .map(|k| (strsim::jaro(key, k), k))
+        .filter(|(score, _)| *score > 0.7)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k.clone())
+}
+
+fn check_keys(
+    table: &toml::Table,
+    known: &[String],
+    section: Option<&str>,
+    path: &Path,
+) -> Result<(), ConfigError> {
+    for key in table.keys() {
+        if !known.contains(key) {
+            return Err(ConfigError::UnknownKey {
+                path: path.to_owned(),
+                key: key.clone(),
+                section: section.map(str::to_owned),
+                suggestion: closest(key, known),
+                known: known.to_vec(),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl FileConfig {
-    /// Parses a config file's text. Unknown keys are kept in `unknown`.
+    /// Parses a config file's text. An unknown key anywhere is an error
+    /// that names the closest known key; a wrong type is an error with the
+    /// line and a caret.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_owned(), source: Box::new(e) })
+        let parse_err = |e| ConfigError::Parse { path: path.to_owned(), source: Box::new(e) };
+        let table: toml::Table = toml::from_str(text).map_err(parse_err)?;
+        let mut known = keys_of(&FileConfig::default());
+        known.sort();
+        check_keys(&table, &known, None, path)?;
+        if let Some(toml::Value::Table(t)) = table.get("tuning") {
+            let mut known = keys_of(&Tuning::default());
+            known.sort();
+            check_keys(t, &known, Some("tuning"), path)?;
+        }
+        toml::from_str(text).map_err(parse_err)
     }
+}
+
+/// Reads the config file at `path`, or the platform's if there is one.
+/// Returns the file and where it was.
+pub fn load_file(path: Option<&Path>) -> Result<Option<(FileConfig, PathBuf)>, ConfigError> {
+    let path = match path {
+        Some(p) => p.to_owned(),
+        None => match default_config_file() {
+            Some(p) if p.exists() => p,
+            _ => return Ok(None),
+        },
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+    Ok(Some((FileConfig::parse(&text, &path)?, path)))
+}
+
+/// A bind or API address: `ip:port`, or `host:port` resolved now
+/// (`localhost:8000`; IPv4 first).
+pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    let bad = || format!("{s:?} is not ip:port or host:port (e.g. 127.0.0.1:8000)");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> =
+        s.to_socket_addrs().map_err(|e| format!("cannot resolve {host:?}: {e}"))?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{host:?} resolves to no address"))
+}
+
+/// A consciousness level: a finite, non-negative number.
+pub fn parse_level(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s:?} is not a finite, non-negative number"))
+    }
+}
+
+/// The API token from its sources, first that is set: `token` (flag or
+/// `AIOS_API_TOKEN`), `token_file` (flag or `AIOS_API_TOKEN_FILE`), then the
+/// file's `api_token` and `api_token_file`. The cell and its client verbs
+/// use the same rule.
+pub fn resolve_token(
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    file: &FileConfig,
+) -> Result<Option<String>, ConfigError> {
+    let read = |path: PathBuf| -> Result<String, ConfigError> {
+        let t = std::fs::read_to_string(&path)
+            .map_err(|source| ConfigError::TokenFile { path: path.clone(), source })?;
+        let t = t.trim().to_owned();
+        if t.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "the API token file {} is empty",
+                path.display()
+            )));
+        }
+        Ok(t)
+    };
+    if let Some(t) = token.filter(|t| !t.is_empty()) {
+        return Ok(Some(t));
+    }
+    if let Some(p) = token_file {
+        return read(p).map(Some);
+    }
+    if let Some(t) = file.api_token.clone().filter(|t| !t.is_empty()) {
+        return Ok(Some(t));
+    }
+    file.api_token_file.clone().map(read).transpose()
 }
 
 /// Flags (each with its environment variable) shared by `run` and `id`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct RunArgs {
     /// Config file (TOML) [default: the platform config dir's aios-cell.toml]
-    #[arg(long, env = "AIOS_CONFIG", global = true)]
+    #[arg(long, env = "AIOS_CONFIG")]
     pub config: Option<PathBuf>,
     /// The cell's human name [default: host name]
-    #[arg(long, env = "AIOS_CELL_ID", global = true)]
+    #[arg(long, env = "AIOS_CELL_ID")]
     pub cell_id: Option<String>,
     /// Branch this cell runs [default: main]
-    #[arg(long, env = "AIOS_BRANCH", global = true)]
+    #[arg(long, env = "AIOS_BRANCH")]
     pub branch: Option<String>,
     /// Starting consciousness level [default: 0.5]
-    #[arg(long, env = "AIOS_CONSCIOUSNESS_LEVEL", global = true)]
+    #[arg(long, env = "AIOS_CONSCIOUSNESS_LEVEL", value_parser = parse_level)]
     pub consciousness_level: Option<f64>,
-    /// HTTP API bind address [default: 0.0.0.0:8000]
-    #[arg(long, env = "AIOS_HTTP_ADDR", global = true)]
+    /// HTTP API bind address, ip:port or host:port [default: 0.0.0.0:8000]
+    #[arg(long, env = "AIOS_HTTP_ADDR", value_parser = parse_socket_addr)]
     pub http_addr: Option<SocketAddr>,
-    /// Metrics bind address [default: 0.0.0.0:9091]
-    #[arg(long, env = "AIOS_METRICS_ADDR", global = true)]
+    /// Metrics bind address, ip:port or host:port [default: 0.0.0.0:9091]
+    #[arg(long, env = "AIOS_METRICS_ADDR", value_parser = parse_socket_addr)]
     pub metrics_addr: Option<SocketAddr>,
     /// IP the libp2p listeners bind [default: 0.0.0.0]
-    #[arg(long, env = "AIOS_P2P_IP", global = true)]
+    #[arg(long, env = "AIOS_P2P_IP")]
     pub p2p_ip: Option<IpAddr>,
     /// libp2p port, TCP and QUIC; 0 picks a free one [default: 8001]
-    #[arg(long, env = "AIOS_P2P_PORT", global = true)]
+    #[arg(long, env = "AIOS_P2P_PORT")]
     pub p2p_port: Option<u16>,
-    /// mDNS discovery on the LAN [default: true]
-    #[arg(long, env = "AIOS_MDNS", global = true)]
+    /// mDNS discovery on the LAN: true/false, on/off, yes/no, 1/0 [default: true]
+    #[arg(long, env = "AIOS_MDNS", value_parser = clap::builder::BoolishValueParser::new())]
     pub mdns: Option<bool>,
-    /// QUIC transport beside TCP [default: true]
-    #[arg(long, env = "AIOS_QUIC", global = true)]
+    /// QUIC transport beside TCP: true/false, on/off, yes/no, 1/0 [default: true]
+    #[arg(long, env = "AIOS_QUIC", value_parser = clap::builder::BoolishValueParser::new())]
     pub quic: Option<bool>,
     /// Pre-shared swarm key file (Kubo's swarm.key format); turns QUIC off
-    #[arg(long, env = "AIOS_SWARM_KEY", global = true)]
+    #[arg(long, env = "AIOS_SWARM_KEY")]
     pub swarm_key: Option<PathBuf>,
     /// Comma-separated peers to dial: multiaddrs or host[:port] (libp2p port, 8001 if left out)
-    #[arg(long, env = "AIOS_NETWORK_PEERS", value_delimiter = ',', global = true)]
+    #[arg(long, env = "AIOS_NETWORK_PEERS", value_delimiter = ',')]
     pub peers: Option<Vec<String>>,
     /// State folder (identity key) [default: the platform data dir]
-    #[arg(long, env = "AIOS_DATA_DIR", global = true)]
+    #[arg(long, env = "AIOS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// When set, mutating routes need `Authorization: Bearer <token>`
-    #[arg(long, env = "AIOS_API_TOKEN", hide_env_values = true, global = true)]
+    #[arg(long, env = "AIOS_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
     /// Read the API token from this file (e.g. one a Vault agent writes)
-    #[arg(long, env = "AIOS_API_TOKEN_FILE", global = true)]
+    #[arg(long, env = "AIOS_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
     /// Vault address (shown in /health)
-    #[arg(long, env = "AIOS_VAULT_ADDR", global = true)]
+    #[arg(long, env = "AIOS_VAULT_ADDR")]
     pub vault_addr: Option<String>,
     /// Prometheus address (shown in /health)
-    #[arg(long, env = "AIOS_PROMETHEUS_ADDR", global = true)]
+    #[arg(long, env = "AIOS_PROMETHEUS_ADDR")]
     pub prometheus_addr: Option<String>,
     /// Log format [default: text]
-    #[arg(long, env = "AIOS_LOG_FORMAT", value_enum, global = true)]
+    #[arg(long, env = "AIOS_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
 }
 
 impl Config {
-    /// Resolves flags/env over the config file over defaults. Returns the
-    /// config and warnings to log (unknown keys in the file).
-    pub fn resolve(args: &RunArgs) -> Result<(Config, Vec<String>), ConfigError> {
-        let (file, path) = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-                (FileConfig::parse(&text, path)?, Some(path.clone()))
-            }
-            None => match default_config_file() {
-                Some(path) if path.exists() => {
-                    let text = std::fs::read_to_string(&path)
-                        .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-                    (FileConfig::parse(&text, &path)?, Some(path))
-                }
-                _ => (FileConfig::default(), None),
-            },
-        };
-        let warnings = file
-            .unknown
-            .keys()
-            .map(|k| {
-                format!(
-                    "unknown key `{k}` in config file {} (ignored; see config/aios-cell.toml for the known keys)",
-                    path.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
-                )
-            })
-            .collect();
-        Ok((Self::layer(args.clone(), file)?, warnings))
+    /// Resolves flags/env over the config file over defaults.
+    pub fn resolve(args: &RunArgs) -> Result<Config, ConfigError> {
+        let file = load_file(args.config.as_deref())?.map(|(f, _)| f).unwrap_or_default();
+        Self::layer(args.clone(), file)
     }
 
     /// Layers flags/env (`args`) over `file` over the defaults.
     pub fn layer(args: RunArgs, file: FileConfig) -> Result<Config, ConfigError> {
         let d = Config::default();
+        let api_token = resolve_token(args.api_token, args.api_token_file, &file)?;
         let peers_raw = args.peers.or(file.peers).unwrap_or_default();
         let peers = peers_raw
             .iter()
@@ -396,8 +527,8 @@ impl Config {
             .filter(|s| !s.is_empty())
             .map(str::parse)
             .collect::<Result<Vec<PeerAddr>, _>>()?;
-        let level =
-            args.consciousness_level.or(file.consciousness_level).unwrap_or(d.consciousness_level);
+        let explicit = args.consciousness_level.or(file.consciousness_level);
+        let level = explicit.unwrap_or(d.consciousness_level);
         if !(level.is_finite() && level >= 0.0) {
             return Err(ConfigError::BadLevel(level));
         }
@@ -407,24 +538,6 @@ impl Config {
         let branch = args.branch.or(file.branch).unwrap_or(d.branch);
         crate::network::protocol::validate_branch(&branch)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let api_token = match args.api_token.or(file.api_token).filter(|t| !t.is_empty()) {
-            Some(t) => Some(t),
-            None => match args.api_token_file.or(file.api_token_file) {
-                Some(path) => {
-                    let t = std::fs::read_to_string(&path)
-                        .map_err(|source| ConfigError::TokenFile { path: path.clone(), source })?;
-                    let t = t.trim().to_owned();
-                    if t.is_empty() {
-                        return Err(ConfigError::Invalid(format!(
-                            "the API token file {} is empty",
-                            path.display()
-                        )));
-                    }
-                    Some(t)
-                }
-                None => None,
-            },
-        };
         let data_dir = match args.data_dir.or(file.data_dir) {
             Some(p) => p,
             None => default_data_dir().ok_or(ConfigError::NoDataDir)?,
@@ -433,6 +546,7 @@ impl Config {
             cell_id,
             branch,
             consciousness_level: level,
+            consciousness_level_explicit: explicit.is_some(),
             http_addr: args.http_addr.or(file.http_addr).unwrap_or(d.http_addr),
             metrics_addr: args.metrics_addr.or(file.metrics_addr).unwrap_or(d.metrics_addr),
             p2p_ip: args.p2p_ip.or(file.p2p_ip).unwrap_or(d.p2p_ip),
@@ -452,6 +566,31 @@ impl Config {
             data_dir,
             tuning: file.tuning.unwrap_or(d.tuning),
         })
+    }
+
+    /// The resolved configuration as a config file (`aios-cell config
+    /// check`); the token itself is not shown.
+    pub fn to_file_config(&self) -> FileConfig {
+        FileConfig {
+            cell_id: Some(self.cell_id.clone()),
+            branch: Some(self.branch.clone()),
+            consciousness_level: Some(self.consciousness_level),
+            http_addr: Some(self.http_addr),
+            metrics_addr: Some(self.metrics_addr),
+            p2p_ip: Some(self.p2p_ip),
+            p2p_port: Some(self.p2p_port),
+            mdns: Some(self.mdns),
+            quic: Some(self.quic),
+            swarm_key: self.swarm_key.clone(),
+            peers: Some(self.peers.iter().map(ToString::to_string).collect()),
+            data_dir: Some(self.data_dir.clone()),
+            api_token: self.api_token.as_ref().map(|_| "(set, not shown)".into()),
+            api_token_file: None,
+            vault_addr: self.vault_addr.clone(),
+            prometheus_addr: self.prometheus_addr.clone(),
+            log_format: Some(self.log_format),
+            tuning: Some(self.tuning.clone()),
+        }
     }
 
     /// A config for tests and embedding: everything on loopback, ports
@@ -505,11 +644,10 @@ mod tests {
     #[test]
     fn flags_beat_file_beats_defaults() {
         let file = FileConfig::parse(
-            "cell_id = \"from-file\"\nbranch = \"dev\"\np2p_port = 9001\nmystery = 1\n[tuning]\nheartbeat_secs = 5\n",
+            "cell_id = \"from-file\"\nbranch = \"dev\"\np2p_port = 9001\n[tuning]\nheartbeat_secs = 5\n",
             Path::new("x.toml"),
         )
         .unwrap();
-        assert_eq!(file.unknown.keys().collect::<Vec<_>>(), vec!["mystery"]);
         let args = RunArgs {
             cell_id: Some("from-flag".into()),
             data_dir: Some("/tmp/x".into()),
@@ -564,5 +702,40 @@ mod tests {
         };
         assert!(matches!(Config::layer(args, FileConfig::default()), Err(ConfigError::BadPeer(_))));
         assert!(FileConfig::parse("p2p_port = \"x\"", Path::new("x.toml")).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_a_suggestion_at_any_level() {
+        let unknown = |text: &str| match FileConfig::parse(text, Path::new("x.toml")) {
+            Err(ConfigError::UnknownKey { key, section, suggestion, .. }) => {
+                (key, section, suggestion)
+            }
+            other => panic!("{text:?}: {other:?}"),
+        };
+        assert_eq!(unknown("cel_id = \"a\""), ("cel_id".into(), None, Some("cell_id".into())));
+        assert_eq!(
+            unknown("[tuning]\nheartbeat_sec = 5"),
+            ("heartbeat_sec".into(), Some("tuning".into()), Some("heartbeat_secs".into()))
+        );
+        let (_, _, suggestion) = unknown("zzzz = 1");
+        assert_eq!(suggestion, None);
+        let msg =
+            FileConfig::parse("http_adr = \"x\"", Path::new("x.toml")).unwrap_err().to_string();
+        assert!(msg.contains("did you mean `http_addr`?"), "{msg}");
+    }
+
+    #[test]
+    fn addresses_may_name_a_host_and_levels_must_be_finite() {
+        assert_eq!(parse_socket_addr("localhost:8000").unwrap().port(), 8000);
+        assert!(parse_socket_addr("localhost:8000").unwrap().ip().is_loopback());
+        assert!(parse_socket_addr("localhost").is_err());
+        assert!(parse_socket_addr("127.0.0.1:99999").is_err());
+        let file =
+            FileConfig::parse("http_addr = \"localhost:18000\"", Path::new("x.toml")).unwrap();
+        assert_eq!(file.http_addr.map(|a| a.port()), Some(18000));
+        for bad in ["NaN", "inf", "-inf", "1e400", "-0.1", "x"] {
+            assert!(parse_level(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_level("0.2"), Ok(0.2));
     }
 }

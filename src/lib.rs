@@ -107,10 +107,22 @@ impl Cell {
         let cell_metrics = metrics::CellMetrics::register(&mut registry);
         let swarm = network::behaviour::build_swarm(key, &config, psk, &mut registry)?;
         let p2p_metrics = libp2p::metrics::Metrics::new(&mut registry);
-        let restored = state::load(&config.data_dir).unwrap_or_else(|e| {
+        let mut restored = state::load(&config.data_dir).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read the state file; starting from the configuration");
             None
         });
+        // A level set in the configuration wins over the one saved by the
+        // last run (which wins only over the default).
+        if let Some(s) = restored.as_mut().filter(|_| config.consciousness_level_explicit) {
+            if s.level != config.consciousness_level {
+                tracing::info!(
+                    level = config.consciousness_level,
+                    saved = s.level,
+                    "starting at the configured consciousness level, not the one saved by the last run"
+                );
+                s.level = config.consciousness_level;
+            }
+        }
         let (state_tx, state_rx) = tokio::sync::watch::channel(None);
         let (node, handle) = network::Node::new(
             swarm,

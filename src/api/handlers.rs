@@ -350,9 +350,19 @@ pub(super) async fn events(
             }
         }
     });
+    // When the cell stops, a last `shutdown` event says so (a client then
+    // knows the stream's end is not a network failure).
+    let shutdown = state.shutdown.clone();
+    let local =
+        json!({ "type": "shutdown", "peer_id": snap.local.peer_id, "cell_id": snap.local.cell_id });
+    let last = futures::stream::once(async move {
+        shutdown.is_cancelled().then(|| Event::default().event("shutdown").data(local.to_string()))
+    })
+    .filter_map(std::future::ready);
     let stream = futures::stream::once(async move { first })
         .chain(rest)
         .take_until(state.shutdown.clone().cancelled_owned())
+        .chain(last)
         .map(Ok);
     Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
 }

@@ -17,7 +17,11 @@ pub(crate) enum Failure {
     TimedOut,
     #[error("the cell there has peer id {obtained}, not the one asked for")]
     WrongPeer { obtained: PeerId },
-    /// Noise, the swarm key (pnet) or protocol negotiation failed.
+    /// The other side does not speak libp2p's protocol negotiation
+    /// (multistream-select): not a libp2p port, or a private mesh's.
+    #[error("the other side does not speak libp2p: {0}")]
+    NotLibp2p(String),
+    /// Noise or the swarm key (pnet) failed.
     #[error("handshake failed: {0}")]
     Handshake(String),
     #[error("{0}")]
@@ -33,7 +37,7 @@ impl Failure {
                 let classified: Vec<Failure> = errors.iter().map(|(_, e)| of_chain(e)).collect();
                 classified
                     .iter()
-                    .find(|f| matches!(f, Failure::Handshake(_)))
+                    .find(|f| matches!(f, Failure::Handshake(_) | Failure::NotLibp2p(_)))
                     .or(classified.first())
                     .cloned()
                     .unwrap_or_else(|| Failure::Other(e.to_string()))
@@ -55,10 +59,10 @@ impl Failure {
 fn of_chain(e: &(dyn StdError + 'static)) -> Failure {
     let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(err) = cur {
-        if err.is::<libp2p::noise::Error>()
-            || err.is::<libp2p::pnet::PnetError>()
-            || err.is::<libp2p::core::upgrade::NegotiationError>()
-        {
+        if err.is::<libp2p::core::upgrade::NegotiationError>() {
+            return Failure::NotLibp2p(err.to_string());
+        }
+        if err.is::<libp2p::noise::Error>() || err.is::<libp2p::pnet::PnetError>() {
             return Failure::Handshake(err.to_string());
         }
         if let Some(io) = err.downcast_ref::<io::Error>() {
@@ -98,9 +102,35 @@ impl Explainer {
     /// (a pnet mismatch often shows as a broken stream).
     fn worth(&self, failure: &Failure) -> bool {
         match failure {
-            Failure::Handshake(_) => true,
+            Failure::Handshake(_) | Failure::NotLibp2p(_) => true,
             Failure::Other(_) => self.private,
             _ => false,
+        }
+    }
+
+    /// What a failure means, in this mesh: what happened first, then the
+    /// likely causes.
+    fn meaning(&self, failure: &Failure) -> &'static str {
+        match (failure, self.private) {
+            (Failure::NotLibp2p(_), false) => {
+                "a connection failed before encryption: the other side does not speak libp2p. It is \
+                 not a cell's libp2p port (an HTTP or other service? cells listen on 8001 by \
+                 default), or a cell of a private mesh (with a swarm key; this cell has none)"
+            }
+            (Failure::NotLibp2p(_), true) => {
+                "a connection failed before encryption: this is a private mesh, and the other side \
+                 does not use the same swarm key (a different key, none, or not a cell at all; \
+                 compare the key fingerprints in the start logs)"
+            }
+            (_, true) => {
+                "a connection failed in the handshake: this is a private mesh, and the other cell \
+                 probably has a different swarm key or none (compare the key fingerprints in the \
+                 start logs)"
+            }
+            (_, false) => {
+                "the encryption handshake (Noise) failed: the other side speaks libp2p but is not \
+                 a cell that can talk to this one, or the connection broke during the handshake"
+            }
         }
     }
 
@@ -116,21 +146,7 @@ impl Explainer {
         if !self.warned.insert(remote.to_owned()) {
             return false;
         }
-        if self.private {
-            tracing::warn!(
-                remote,
-                error = %failure,
-                "a connection failed in the handshake: this is a private mesh, and the other cell \
-                 probably has a different swarm key or none (compare the key fingerprints in the start logs)"
-            );
-        } else {
-            tracing::warn!(
-                remote,
-                error = %failure,
-                "a connection failed in the handshake: the other side may be a cell in a private mesh \
-                 (it has a swarm key and this cell has none), or not a cell at all"
-            );
-        }
+        tracing::warn!(remote, error = %failure, "{}", self.meaning(failure));
         true
     }
 }
@@ -151,7 +167,7 @@ mod tests {
         let noise = io::Error::other(libp2p::noise::Error::BadSignature);
         assert!(matches!(of_chain(&noise), Failure::Handshake(_)));
         let nego = io::Error::other(libp2p::core::upgrade::NegotiationError::Failed);
-        assert!(matches!(of_chain(&nego), Failure::Handshake(_)));
+        assert!(matches!(of_chain(&nego), Failure::NotLibp2p(_)));
         assert!(matches!(of_chain(&io::Error::other("strange")), Failure::Other(_)));
     }
 
@@ -168,5 +184,21 @@ mod tests {
         assert!(private.explain("10.0.0.3", &Failure::Other("reset".into())));
         assert!(!private.explain("10.0.0.4", &Failure::TimedOut));
         assert!(!private.explain("10.0.0.5", &Failure::WrongPeer { obtained: PeerId::random() }));
+        assert!(open.explain("10.0.0.6", &Failure::NotLibp2p("x".into())));
+    }
+
+    #[test]
+    fn the_warning_says_what_happened_before_what_it_may_mean() {
+        let open = Explainer::new(false);
+        let not_libp2p = open.meaning(&Failure::NotLibp2p("x".into()));
+        assert!(not_libp2p.contains("does not speak libp2p"), "{not_libp2p}");
+        let noise = open.meaning(&Failure::Handshake("x".into()));
+        assert!(
+            !noise.contains("swarm key"),
+            "no private mesh in an open one's Noise failure: {noise}"
+        );
+        assert!(noise.contains("Noise"), "{noise}");
+        let private = Explainer::new(true);
+        assert!(private.meaning(&Failure::NotLibp2p("x".into())).contains("swarm key"));
     }
 }

@@ -529,6 +529,9 @@ pub struct LocalState {
     pub consciousness_level: f64,
     pub seq: u64,
     pub listen_addrs: Vec<String>,
+    /// The transports that listen (`tcp`, `quic`): QUIC is missing when
+    /// its listener could not start.
+    pub transports: Vec<&'static str>,
     /// What AutoNAT found: `unknown`, `public` or `private`.
     pub reachability: &'static str,
     /// Relays holding a reservation for this cell (peer ids), when private.
@@ -767,6 +770,7 @@ mod tests {
                 consciousness_level: 0.0,
                 seq: 1,
                 listen_addrs: vec![],
+                transports: vec![],
                 reachability: "unknown",
                 relays: vec![],
             },

@@ -584,3 +584,45 @@ async fn a_probe_stream_the_peer_closed_is_replaced_not_counted_as_silence() {
     driver.abort();
     a.cell.shutdown().await;
 }
+
+/// `/health`'s `transports` once the listeners have reported their addresses.
+async fn transports(n: &Node) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let h = get(&format!("{}/health", n.api)).await;
+        if h["transports"].as_array().is_some_and(|t| !t.is_empty()) {
+            return h["transports"].clone();
+        }
+        assert!(Instant::now() < deadline, "no transports in /health: {h}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_whose_quic_port_is_taken_runs_on_tcp_and_says_so() {
+    let a = start("quic-free", vec![]).await;
+    assert_eq!(transports(&a).await, json!(["tcp", "quic"]));
+    // Another program holds the UDP port: a port whose TCP side is free
+    // and whose UDP side this socket keeps.
+    let (held, port) = (0..20)
+        .find_map(|_| {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+            let port = udp.local_addr().ok()?.port();
+            std::net::TcpListener::bind(("127.0.0.1", port)).ok()?;
+            Some((udp, port))
+        })
+        .expect("a port free on TCP and held on UDP");
+    let to_a = vec![format!("/ip4/127.0.0.1/tcp/{}", p2p_port(&a).await).parse().unwrap()];
+    let b = start_with("quic-taken", to_a, |c| c.p2p_port = port).await;
+    assert_eq!(transports(&b).await, json!(["tcp"]));
+    let h = get(&format!("{}/health", b.api)).await;
+    assert_eq!(h["listen_addrs"], json!([format!("/ip4/127.0.0.1/tcp/{port}")]), "{h}");
+    let b_id = b.cell.peer_id().to_base58();
+    wait_for(&a, "the TCP-only cell alive", Duration::from_secs(10), |p| {
+        peer(p, &b_id).is_some_and(|e| e["state"] == "alive" && e["connected"] == true)
+    })
+    .await;
+    drop(held);
+    b.cell.shutdown().await;
+    a.cell.shutdown().await;
+}

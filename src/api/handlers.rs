@@ -117,6 +117,9 @@ pub struct Health {
     pub version: &'static str,
     pub uptime_seconds: u64,
     pub listen_addrs: Vec<String>,
+    /// Transports that listen: `tcp`, and `quic` unless it is off or its
+    /// listener could not start.
+    pub transports: Vec<&'static str>,
     /// AutoNAT's verdict: `unknown`, `public` or `private`.
     pub reachability: &'static str,
     /// Relays this cell is reachable through (peer ids), when private.
@@ -142,6 +145,7 @@ pub(super) async fn health(State(state): State<AppState>) -> Json<Health> {
         version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: state.started.elapsed().as_secs(),
         listen_addrs: snap.local.listen_addrs.clone(),
+        transports: snap.local.transports.clone(),
         reachability: snap.local.reachability,
         relays: snap.local.relays.clone(),
         vault_addr: state.vault_addr.clone(),

@@ -54,6 +54,20 @@ pub(crate) fn is_relayed(a: &Multiaddr) -> bool {
     a.iter().any(|p| p == Protocol::P2pCircuit)
 }
 
+/// Which transports listen, from the listen addresses: `tcp`, `quic` (in
+/// that order), relayed addresses left out (they ride on a relay's link).
+pub(crate) fn transports(listen: &[Multiaddr]) -> Vec<&'static str> {
+    let direct = || listen.iter().filter(|a| !is_relayed(a));
+    let mut out = Vec::new();
+    if direct().any(is_tcp) {
+        out.push("tcp");
+    }
+    if direct().any(is_quic) {
+        out.push("quic");
+    }
+    out
+}
+
 pub(crate) fn is_loopback(a: &Multiaddr) -> bool {
     ip_of(a).is_some_and(|ip| ip.is_loopback())
 }
@@ -120,6 +134,21 @@ pub(crate) fn addrs(list: &[&str]) -> Vec<Multiaddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transports_come_from_direct_listen_addresses() {
+        let both = addrs(&["/ip4/127.0.0.1/udp/8001/quic-v1", "/ip4/127.0.0.1/tcp/8001"]);
+        assert_eq!(transports(&both), ["tcp", "quic"]);
+        let tcp = addrs(&["/ip4/10.0.0.2/tcp/8001", "/ip4/127.0.0.1/tcp/8001"]);
+        assert_eq!(transports(&tcp), ["tcp"]);
+        // A relayed address is not a QUIC or TCP listener of ours.
+        let relayed = addrs(&[
+            "/ip4/10.0.0.2/tcp/8001",
+            "/ip4/10.0.0.9/udp/8001/quic-v1/p2p/12D3KooWPTxbx3mYppet2XA9Fs2zUCW8hqCovwKsgTFAco2GVG7G/p2p-circuit",
+        ]);
+        assert_eq!(transports(&relayed), ["tcp"]);
+        assert!(transports(&[]).is_empty());
+    }
 
     #[test]
     fn dial_prefers_real_tcp_addresses() {

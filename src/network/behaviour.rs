@@ -230,15 +230,25 @@ fn behaviour(
             .with_interval(config.tuning.ping_interval())
             .with_timeout(config.tuning.ping_timeout()),
     );
+    // mDNS is optional: without it the cell runs on configured peers. Here
+    // only the interface watcher can fail; libp2p-mdns binds UDP 5353 and
+    // joins the multicast group later, per interface, and a failure there
+    // is logged by libp2p-mdns itself ("failed to create `InterfaceState`")
+    // while the cell goes on without mDNS on that interface.
     let mdns = if config.mdns {
         let mdns_config = mdns::Config {
             query_interval: config.tuning.mdns_query_interval(),
             ..mdns::Config::default()
         };
-        Some(
-            mdns::tokio::Behaviour::new(mdns_config, peer_id)
-                .map_err(|e| NetworkError::Behaviour(format!("mDNS: {e}")))?,
-        )
+        match mdns::tokio::Behaviour::new(mdns_config, peer_id) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(
+                    "mDNS is off, running on configured peers only: cannot watch the network interfaces: {e}"
+                );
+                None
+            }
+        }
     } else {
         None
     };

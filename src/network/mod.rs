@@ -64,27 +64,41 @@ pub enum NetworkError {
     Subscribe(#[from] libp2p::gossipsub::SubscriptionError),
 }
 
-/// Listens on the configured TCP (and QUIC) port.
+/// Listens on the configured TCP port, and on the same UDP port for QUIC
+/// when it is on. TCP is the cell's transport: failing to listen there is
+/// fatal. QUIC is optional: where its listener cannot start (Wine, a UDP
+/// port another program holds, a firewall product) the cell warns with the
+/// reason and runs on TCP (`/health` lists the transports that listen).
 fn listen(swarm: &mut Swarm<Behaviour>, config: &Config) -> Result<(), NetworkError> {
     let ip = addr::ip_protocol(config.p2p_ip);
     let tcp = Multiaddr::empty().with(ip.clone()).with(Protocol::Tcp(config.p2p_port));
-    let mut addrs = vec![tcp];
+    listen_on(swarm, tcp)?;
     if config.quic {
-        addrs.push(
-            Multiaddr::empty().with(ip).with(Protocol::Udp(config.p2p_port)).with(Protocol::QuicV1),
-        );
-    }
-    for addr in addrs {
-        if let Err(e) = swarm.listen_on(addr.clone()) {
-            let reason = match e {
-                libp2p::TransportError::Other(io) => io,
-                libp2p::TransportError::MultiaddrNotSupported(a) => std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("no transport for {a}"),
-                ),
-            };
-            return Err(NetworkError::Listen { addr, reason });
+        let quic =
+            Multiaddr::empty().with(ip).with(Protocol::Udp(config.p2p_port)).with(Protocol::QuicV1);
+        if let Err(e) = listen_on(swarm, quic) {
+            tracing::warn!("QUIC is off, running on TCP only: {e}");
         }
     }
     Ok(())
+}
+
+fn listen_on(swarm: &mut Swarm<Behaviour>, addr: Multiaddr) -> Result<(), NetworkError> {
+    swarm.listen_on(addr.clone()).map(drop).map_err(|e| {
+        let reason = match e {
+            libp2p::TransportError::Other(io) => io,
+            libp2p::TransportError::MultiaddrNotSupported(a) => std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("no transport for {a}"),
+            ),
+        };
+        // An OS error whose text the platform left empty still says what
+        // it was (its kind and code).
+        let reason = if reason.to_string().trim().is_empty() {
+            std::io::Error::new(reason.kind(), format!("{reason:?}"))
+        } else {
+            reason
+        };
+        NetworkError::Listen { addr, reason }
+    })
 }

@@ -705,6 +705,7 @@ fn local_state(local: &Local, reachability: &'static str, relays: Vec<String>) -
         consciousness_level: local.level,
         seq: local.seq,
         listen_addrs: local.listen_addrs.iter().map(|a| a.to_string()).collect(),
+        transports: super::addr::transports(&local.listen_addrs),
         reachability,
         relays,
     }

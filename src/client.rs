@@ -233,6 +233,12 @@ impl Client {
 
     /// `POST /register` for `address`: a multiaddr, or `host[:port]` of the
     /// peer's libp2p port.
+    /// Forgets a cell gone for good: `DELETE /peers/{peer_id}`.
+    pub async fn forget(&self, peer_id: &str) -> Result<Value, ClientError> {
+        let url = format!("{}/peers/{peer_id}", self.base);
+        self.send(self.http.delete(&url), &url).await
+    }
+
     pub async fn join(&self, address: &str) -> Result<Value, ClientError> {
         let url = format!("{}/register", self.base);
         let body = match address.parse::<config::PeerAddr>()? {
@@ -340,7 +346,9 @@ pub fn format_health(v: &Value) -> String {
 }
 
 /// `aios-cell peers` as a table, like `serf members`.
-pub fn format_peers(v: &Value) -> String {
+/// `aios-cell peers` as a table: this cell first (from `/health`, when it
+/// answered), marked, then every cell it knows.
+pub fn format_peers(v: &Value, this: Option<&Value>) -> String {
     let mut rows = vec![[
         "CELL".to_string(),
         "STATE".into(),
@@ -351,6 +359,25 @@ pub fn format_peers(v: &Value) -> String {
         "PEER ID".into(),
         "ADDRESS".into(),
     ]];
+    if let Some(h) = this {
+        let addr = h
+            .get("listen_addrs")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .unwrap_or("-")
+            .to_owned();
+        rows.push([
+            format!("{} (this cell)", text(h, "cell_id")),
+            "self".into(),
+            text(h, "consciousness_level"),
+            text(h, "branch"),
+            "-".into(),
+            "-".into(),
+            text(h, "peer_id"),
+            addr,
+        ]);
+    }
     for p in v.get("peers").and_then(Value::as_array).into_iter().flatten() {
         let rtt = p
             .get("rtt_ms")
@@ -365,6 +392,9 @@ pub fn format_peers(v: &Value) -> String {
             .unwrap_or("-")
             .to_owned();
         let mut state = text(p, "state");
+        if p.get("suspect").and_then(Value::as_bool) == Some(true) {
+            state = "suspect".into();
+        }
         if p.get("connected").and_then(Value::as_bool) == Some(true) {
             state.push('*');
         }
@@ -390,10 +420,13 @@ pub fn format_peers(v: &Value) -> String {
         let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
-    if rows.len() == 1 {
+    let others = rows.len() - 1 - usize::from(this.is_some());
+    if others == 0 {
         out.push_str("(no other cells known)\n");
     } else {
-        out.push_str("(* = connected)\n");
+        out.push_str(
+            "(* = connected; suspect = a check of it went unanswered, still counted alive)\n",
+        );
     }
     out
 }

@@ -123,6 +123,14 @@ enum Cmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Make a running cell forget a cell that is gone for good (a failed or left one)
+    #[command(visible_alias = "force-leave", alias = "leave")]
+    Forget {
+        /// The gone cell's peer id (see `aios-cell peers`)
+        peer_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Follow a running cell's events (joins, failures, leaves, level changes)
     #[command(visible_alias = "events")]
     Monitor(ClientArgs),
@@ -241,11 +249,14 @@ async fn client_verb(cmd: Cmd) -> anyhow::Result<ExitCode> {
             Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Cmd::Peers(a) => {
-            let v = a.client()?.peers().await?;
+            let c = a.client()?;
+            let v = c.peers().await?;
             if a.json {
                 print_json(&v);
             } else {
-                print!("{}", client::format_peers(&v));
+                // This cell's own row comes from /health.
+                let this = c.health().await.ok();
+                print!("{}", client::format_peers(&v, this.as_ref()));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -264,6 +275,15 @@ async fn client_verb(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 print_json(&v);
             } else {
                 print!("{}", client::format_join(&v));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Forget { peer_id, client: a } => {
+            let v = a.client()?.forget(&peer_id).await?;
+            if a.json {
+                print_json(&v);
+            } else {
+                println!("forgot {peer_id}");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -83,6 +83,15 @@ pub struct PeerEntry {
     pub suspect: bool,
 }
 
+/// Why a cell cannot be forgotten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ForgetError {
+    #[error("no such cell is known")]
+    Unknown,
+    #[error("the cell is alive or connected: only a failed or left cell can be forgotten")]
+    Alive,
+}
+
 /// Result of merging a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Merge {
@@ -140,6 +149,28 @@ impl Row {
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Row {
+    /// The record this row holds, as an exchange passes it on.
+    fn record(&self) -> Option<CellRecord> {
+        let e = &self.entry;
+        Some(CellRecord {
+            cell_id: e.cell_id.clone()?,
+            level: e.consciousness_level?,
+            branch: e.branch.clone().unwrap_or_default(),
+            seq: e.seq,
+            at_ms: e.last_seen_ms,
+            addrs: self
+                .addrs
+                .iter()
+                .take(crate::network::protocol::MAX_ADDRS)
+                .map(|a| a.to_string())
+                .collect(),
+            agent: e.agent.clone().unwrap_or_default(),
+            leaving: e.state == PeerState::Left,
+        })
+    }
 }
 
 impl MeshView {
@@ -364,29 +395,47 @@ impl MeshView {
     /// Records for the peers we believe alive, for a record exchange.
     pub fn alive_records(&self) -> impl Iterator<Item = (PeerId, CellRecord)> + '_ {
         self.peers.iter().filter_map(|(peer, row)| {
-            let e = &row.entry;
-            if e.state != PeerState::Alive {
-                return None;
-            }
-            Some((
-                *peer,
-                CellRecord {
-                    cell_id: e.cell_id.clone()?,
-                    level: e.consciousness_level?,
-                    branch: e.branch.clone().unwrap_or_default(),
-                    seq: e.seq,
-                    at_ms: e.last_seen_ms,
-                    addrs: row
-                        .addrs
-                        .iter()
-                        .take(crate::network::protocol::MAX_ADDRS)
-                        .map(|a| a.to_string())
-                        .collect(),
-                    agent: e.agent.clone().unwrap_or_default(),
-                    leaving: false,
-                },
-            ))
+            (row.entry.state == PeerState::Alive).then(|| Some((*peer, row.record()?)))?
         })
+    }
+
+    /// Forgets a cell that is gone for good (Serf's `force-leave`): its row
+    /// and the name it held. Only a failed or left cell, not connected, is
+    /// forgotten; a record of it that comes later makes it known again.
+    pub fn forget(&mut self, peer: &PeerId) -> Result<(), ForgetError> {
+        let row = self.peers.get(peer).ok_or(ForgetError::Unknown)?;
+        if row.entry.state == PeerState::Alive || row.entry.connected {
+            return Err(ForgetError::Alive);
+        }
+        self.peers.remove(peer);
+        self.claims.retain(|_, owner| owner != peer);
+        Ok(())
+    }
+
+    /// Forgets failed and left cells, not connected, not heard of since
+    /// `before_ms` (Unix ms). Returns them.
+    pub fn reap(&mut self, before_ms: u64) -> Vec<PeerId> {
+        let gone: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, r)| {
+                r.entry.state != PeerState::Alive
+                    && !r.entry.connected
+                    && r.entry.last_seen_ms < before_ms
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for p in &gone {
+            self.peers.remove(p);
+            self.claims.retain(|_, owner| owner != p);
+        }
+        gone
+    }
+
+    /// The record held for `peer`, whatever its state: `leaving` when it
+    /// left (an exchange shows a cell what the mesh believes of it).
+    pub fn record_of(&self, peer: &PeerId) -> Option<CellRecord> {
+        self.peers.get(peer).and_then(Row::record)
     }
 
     /// Peers believed alive but not connected: candidates to dial.
@@ -585,6 +634,30 @@ mod tests {
             agent: String::new(),
             leaving: false,
         }
+    }
+
+    #[test]
+    fn only_a_cell_gone_for_good_is_forgotten_and_its_name_freed() {
+        let me = PeerId::random();
+        let mut m = MeshView::new(me, "me");
+        let (gone, live) = (PeerId::random(), PeerId::random());
+        m.connected(gone, None, FoundBy::Mdns);
+        m.merge(gone, &CellRecord { cell_id: "old".into(), ..rec(3, 0.5) }, FoundBy::Mdns, true);
+        m.connected(live, None, FoundBy::Mdns);
+        assert_eq!(m.forget(&live), Err(ForgetError::Alive));
+        assert_eq!(m.forget(&gone), Err(ForgetError::Alive), "connected");
+        m.disconnected(gone);
+        assert_eq!(m.forget(&gone), Ok(()));
+        assert!(m.get(&gone).is_none());
+        assert_eq!(m.forget(&gone), Err(ForgetError::Unknown));
+        // Its name is free for another cell.
+        let other = PeerId::random();
+        let r = CellRecord { cell_id: "old".into(), ..rec(1, 0.5) };
+        assert_eq!(m.merge(other, &r, FoundBy::Gossip, false).0, Merge::New);
+        // Rows failed long ago are reaped; live ones never.
+        m.disconnected(live);
+        assert!(m.reap(1).is_empty(), "heard of after that");
+        assert_eq!(m.reap(u64::MAX), vec![live]);
     }
 
     #[test]

@@ -408,6 +408,13 @@ async fn join_members_and_monitor_follow_a_cell() {
     let members = json(&run(cmd).await);
     let peers = members["peers"].as_array().unwrap();
     assert!(peers.iter().any(|p| p["cell_id"] == "beta"), "{members}");
+    // The table lists this cell first, marked, then the others.
+    let mut cmd = bin(home);
+    cmd.args(["peers", "--api", &a.api()]);
+    let table = stdout(&run(cmd).await);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[1].starts_with("alpha (this cell)") && lines[1].contains("self"), "{table}");
+    assert!(lines[2].starts_with("beta"), "{table}");
 
     a.cell.shutdown().await;
     let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
@@ -475,4 +482,48 @@ async fn health_exits_non_zero_when_the_cell_is_degraded() {
     a.shutdown().await;
     b.shutdown().await;
     hub.cell.shutdown().await;
+}
+
+/// `forget` (alias `force-leave`): a cell gone for good leaves the table;
+/// a live one, or an unknown one, is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_removes_a_cell_gone_for_good_and_only_such_a_cell() {
+    let a = start("keeper", None).await;
+    let b = start("goner", None).await;
+    let home = a.dir.path();
+    let mut cmd = bin(home);
+    cmd.args(["join", &p2p_addr(&b).await, "--api", &a.api()]);
+    assert!(run(cmd).await.status.success());
+    let goner = b.cell.peer_id().to_base58();
+
+    let mut cmd = bin(home);
+    cmd.args(["forget", &goner, "--api", &a.api()]);
+    let out = run(cmd).await;
+    assert!(!out.status.success(), "a live cell is not forgotten");
+    assert!(stderr(&out).contains("only a failed or left cell"), "{}", stderr(&out));
+
+    b.cell.shutdown().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut cmd = bin(home);
+        cmd.args(["force-leave", &goner, "--api", &a.api()]);
+        let out = run(cmd).await;
+        if out.status.success() {
+            assert!(stdout(&out).contains("forgot"), "{}", stdout(&out));
+            break;
+        }
+        assert!(Instant::now() < deadline, "never forgotten: {}", stderr(&out));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut cmd = bin(home);
+    cmd.args(["peers", "--json", "--api", &a.api()]);
+    let peers = json(&run(cmd).await);
+    assert!(!peers["peers"].as_array().unwrap().iter().any(|p| p["peer_id"] == goner), "{peers}");
+    // Again: nothing to forget.
+    let mut cmd = bin(home);
+    cmd.args(["forget", &goner, "--api", &a.api()]);
+    let out = run(cmd).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no such cell"), "{}", stderr(&out));
+    a.cell.shutdown().await;
 }

@@ -269,8 +269,26 @@ async fn a_cloned_identity_is_reported_as_degraded() {
     println!("cloned identity reported by {reported:?}");
     let h = get(&format!("{}/health", c.api)).await;
     assert_eq!(h["status"], "healthy", "the hub itself is fine");
-    a.shutdown().await;
+    // The copy goes away for good (a clean shutdown: the hub gets its leave,
+    // under the shared identity). The original is healthy again, and the
+    // hub lists it alive, not left.
     clone.shutdown().await;
+    let id = a.peer_id().to_base58();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let h = get(&format!("{a_api}/health")).await;
+        let peers = get(&format!("{}/peers", c.api)).await;
+        if h["status"] == "healthy" && state_of(&peers, &id).as_deref() == Some("alive") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the copy left: original {h}, the hub's row {:?}",
+            peer(&peers, &id)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    a.shutdown().await;
     c.cell.shutdown().await;
 }
 

@@ -23,6 +23,9 @@ pub enum Error {
     PayloadTooLarge(usize),
     #[error("missing or wrong bearer token: this cell requires `Authorization: Bearer <token>` for changes")]
     Unauthorized,
+    /// The request is right but the state forbids it.
+    #[error("{0}")]
+    Conflict(String),
     #[error("no route {method} {path}")]
     NotFound { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]
@@ -39,11 +42,14 @@ impl Error {
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::Conflict(_) => StatusCode::CONFLICT,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::Command(c) => match c {
                 CommandError::Stopped | CommandError::Busy => StatusCode::SERVICE_UNAVAILABLE,
-                CommandError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                CommandError::Timeout(_) | CommandError::DialTimeout(_) => {
+                    StatusCode::GATEWAY_TIMEOUT
+                }
                 CommandError::Unreachable(_) => StatusCode::BAD_GATEWAY,
                 CommandError::BadTarget(_) => StatusCode::UNPROCESSABLE_ENTITY,
             },

@@ -172,6 +172,27 @@ pub(super) async fn peers(State(state): State<AppState>) -> Json<Peers> {
     })
 }
 
+/// `DELETE /peers/{peer_id}`: forget a cell that is gone for good (Serf's
+/// `force-leave`). Needs the token when the cell has one.
+pub(super) async fn forget(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Path(peer_id): axum::extract::Path<String>,
+) -> Result<Json<Value>, Error> {
+    authorize(&state, &headers)?;
+    let peer: libp2p::PeerId = peer_id
+        .parse()
+        .map_err(|_| Error::Unprocessable(format!("{peer_id:?} is not a peer id")))?;
+    match state.handle.forget(peer).await? {
+        Ok(()) => Ok(Json(json!({ "status": "forgotten", "peer_id": peer_id }))),
+        Err(crate::mesh::ForgetError::Unknown) => Err(Error::NotFound {
+            method: "DELETE".into(),
+            path: format!("/peers/{peer_id} (no such cell is known)"),
+        }),
+        Err(e @ crate::mesh::ForgetError::Alive) => Err(Error::Conflict(e.to_string())),
+    }
+}
+
 /// `POST /register` body, as the seed's discovery script sends it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,7 +1,7 @@
 //! The HTTP API (axum), as `../shared/contract.md` fixes it:
 //! `GET /health`, `GET /peers`, `GET /events` (Server-Sent Events),
-//! `POST /register` and `POST /sync-consciousness` (docs/api.md has every
-//! field). Reads come from the network's snapshot; actions go to the
+//! `POST /register`, `POST /sync-consciousness` and `DELETE /peers/{id}`
+//! (docs/api.md has every field). Reads come from the network's snapshot; actions go to the
 //! network node as commands.
 
 mod error;
@@ -15,7 +15,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Request};
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor;
@@ -139,6 +139,7 @@ pub fn router(state: AppState, metrics: CellMetrics) -> Router {
     let actions = Router::new()
         .route("/register", post(handlers::register))
         .route("/sync-consciousness", post(handlers::sync))
+        .route("/peers/{peer_id}", delete(handlers::forget))
         .route_layer(middleware::from_fn(timeout));
     let actions = match governor {
         Some(g) => actions.route_layer(GovernorLayer::new(g).error_handler(too_many)),

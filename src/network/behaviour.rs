@@ -125,7 +125,12 @@ fn kademlia(peer_id: libp2p::PeerId) -> kad::Behaviour<kad::store::MemoryStore> 
         // Cells enter the routing table only when the node adds them
         // (`feed_kad`): on one LAN the DHT finds nothing, and every entry
         // below 20 would set off a bootstrap.
-        .set_kbucket_inserts(kad::BucketInserts::Manual);
+        .set_kbucket_inserts(kad::BucketInserts::Manual)
+        // No bootstrap on a timer: with an empty table (one LAN) it only
+        // warns "No known peers" at every start and every 5 min. A cell fed
+        // to the table still starts one (libp2p-kad's automatic bootstrap),
+        // and the node's provider rounds do the discovery.
+        .set_periodic_bootstrap_interval(None);
     let store = kad::store::MemoryStore::with_config(
         peer_id,
         kad::store::MemoryStoreConfig {

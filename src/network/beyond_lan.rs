@@ -239,7 +239,10 @@ impl BeyondLan {
         // Kademlia rounds. Neighbours mDNS missed (a burst of answers at
         // start can overflow socket buffers) are recognised by their
         // addresses.
+        // A cell reached over loopback is on this very machine: asking it
+        // whether we are reachable would always say "public".
         let beyond = !self.mdns_peers.contains(&peer)
+            && !links.over_loopback(&peer)
             && !info.listen_addrs.iter().any(|a| near(&self.nets, a));
         if beyond && links.is_connected(&peer) && self.autonat_servers.insert(peer) {
             tracing::debug!(%peer, "a cell beyond this LAN: AutoNAT server");
@@ -423,6 +426,18 @@ mod tests {
         assert_eq!(b.on_tick(t0 + S(33), &links, &mesh), vec![Action::KadRound { announce: true }]);
         // mDNS finding it later makes it a neighbour again.
         assert_eq!(b.on_mdns(far), vec![Action::RemoveAutonatServer(far)]);
+    }
+
+    #[test]
+    fn a_cell_on_this_machine_is_no_autonat_server() {
+        let t0 = Instant::now();
+        let (me, other) = (PeerId::random(), PeerId::random());
+        let mesh = MeshView::new(me, "me");
+        let mut b = BeyondLan::new(false, t0);
+        let links = connected(me, other, "/ip4/127.0.0.1/tcp/8001", t0);
+        let i = info(&["/ip4/127.0.0.1/tcp/8001"], "/ip4/127.0.0.1/tcp/5000", &[]);
+        assert!(b.on_identified(other, &i, &[], &links, &mesh).is_empty());
+        assert_eq!(b.reachability(), Reachability::Unknown);
     }
 
     #[test]

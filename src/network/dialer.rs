@@ -62,11 +62,14 @@ pub(crate) struct PendingDial {
     pub(crate) reply: Option<RegisterReply>,
     pub(crate) config_index: Option<usize>,
     pub(crate) addr: Option<Multiaddr>,
+    /// A `/register` dial is given up at this time (its caller is told
+    /// the address is unreachable, before its own timeout says less).
+    pub(crate) deadline: Option<Instant>,
 }
 
 impl PendingDial {
     fn of(origin: FoundBy) -> Self {
-        PendingDial { origin, reply: None, config_index: None, addr: None }
+        PendingDial { origin, reply: None, config_index: None, addr: None, deadline: None }
     }
 }
 
@@ -184,8 +187,13 @@ impl Dialer {
         Dial { peer: Some(peer), addrs: tcp, new_port: true, while_connected: true, pending: None }
     }
 
-    /// `POST /register`: dial `addr`, whoever answers.
-    pub(crate) fn register(&self, addr: Multiaddr, reply: RegisterReply) -> Dial {
+    /// `POST /register`: dial `addr`, whoever answers, until `deadline`.
+    pub(crate) fn register(
+        &self,
+        addr: Multiaddr,
+        reply: RegisterReply,
+        deadline: Instant,
+    ) -> Dial {
         Dial {
             peer: None,
             addrs: vec![addr.clone()],
@@ -196,8 +204,34 @@ impl Dialer {
                 reply: Some(reply),
                 config_index: None,
                 addr: Some(addr),
+                deadline: Some(deadline),
             }),
         }
+    }
+
+    /// `/register` dials past their deadline: their callers are told the
+    /// address is unreachable; returns the dials for the node to abort.
+    pub(crate) fn expired(&mut self, now: Instant) -> Vec<ConnectionId> {
+        let gone: Vec<ConnectionId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline.is_some_and(|d| now >= d))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &gone {
+            let Some(p) = self.pending.remove(id) else { continue };
+            let target = p.addr.map(|a| a.to_string()).unwrap_or_default();
+            if let Some(reply) = p.reply {
+                let _ = reply.send(Err(CommandError::DialTimeout(with_hint(
+                    format!(
+                        "{target} is unreachable (timed out): nothing answered there; is a cell \
+                         running, and is its libp2p port open in the firewall?"
+                    ),
+                    &target,
+                ))));
+            }
+        }
+        gone
     }
 
     /// The origin recorded for a cell the mesh knows.
@@ -290,6 +324,7 @@ impl Dialer {
             reply: None,
             config_index: Some(index),
             addr: Some(addr.clone()),
+            deadline: None,
         };
         Some(match c.peer.or_else(|| peer_of(&addr)) {
             Some(p) => Dial {
@@ -494,13 +529,36 @@ mod tests {
         let (me, _) = ordered_pair();
         let mut d = Dialer::new(me, &[], Instant::now());
         let (tx, mut rx) = oneshot::channel();
-        let dial = d.register(addrs(&["/ip4/10.0.0.9/tcp/8000"])[0].clone(), tx);
+        let dial = d.register(addrs(&["/ip4/10.0.0.9/tcp/8000"])[0].clone(), tx, Instant::now());
         assert_eq!(dial.peer, None);
         let id = ConnectionId::new_unchecked(3);
         d.started(id, dial.pending.expect("tracked"));
         d.failed(id, "Connection refused");
         let err = rx.try_recv().expect("answered").expect_err("an error");
         assert!(err.to_string().contains("HTTP API"), "{err}");
+    }
+
+    #[test]
+    fn a_register_dial_that_hangs_is_given_up_at_its_deadline_naming_the_address() {
+        let (me, _) = ordered_pair();
+        let t0 = Instant::now();
+        let mut d = Dialer::new(me, &[], t0);
+        let (tx, mut rx) = oneshot::channel();
+        let target = addrs(&["/ip4/10.0.0.9/tcp/8001"])[0].clone();
+        let dial = d.register(target, tx, t0 + MS(4000));
+        let id = ConnectionId::new_unchecked(5);
+        d.started(id, dial.pending.expect("tracked"));
+        assert!(d.expired(t0 + MS(3999)).is_empty());
+        assert_eq!(d.expired(t0 + MS(4000)), vec![id], "the node aborts the dial");
+        let err = rx.try_recv().expect("answered").expect_err("an error");
+        assert!(matches!(err, CommandError::DialTimeout(_)));
+        assert!(
+            err.to_string().contains("/ip4/10.0.0.9/tcp/8001 is unreachable (timed out)"),
+            "{err}"
+        );
+        // The dial's own error, when it comes, finds nothing to answer.
+        assert_eq!(d.failed(id, "timed out"), None);
+        assert!(d.expired(t0 + MS(9000)).is_empty());
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub enum Command {
     SetLevel { level: Option<f64>, reply: oneshot::Sender<SyncOutcome> },
     /// Dial `addr` and exchange records with whoever answers.
     Register { addr: Multiaddr, reply: oneshot::Sender<Result<RegisterOutcome, CommandError>> },
+    /// Forget a cell that is gone for good (its row and its name).
+    Forget { peer: libp2p::PeerId, reply: oneshot::Sender<Result<(), crate::mesh::ForgetError>> },
 }
 
 /// What `POST /sync-consciousness` reports.
@@ -54,6 +56,9 @@ pub enum CommandError {
     Timeout(Duration),
     #[error("{0}")]
     Unreachable(String),
+    /// A dial that nothing answered in time.
+    #[error("{0}")]
+    DialTimeout(String),
     #[error("{0}")]
     BadTarget(String),
 }
@@ -133,6 +138,14 @@ impl Handle {
     /// Sets the level when given and publishes this cell's record at once.
     pub async fn sync(&self, level: Option<f64>) -> Result<SyncOutcome, CommandError> {
         self.ask(|reply| Command::SetLevel { level, reply }).await
+    }
+
+    /// Forgets a failed or left cell (Serf's `force-leave`).
+    pub async fn forget(
+        &self,
+        peer: libp2p::PeerId,
+    ) -> Result<Result<(), crate::mesh::ForgetError>, CommandError> {
+        self.ask(|reply| Command::Forget { peer, reply }).await
     }
 
     /// Dials a cell and exchanges records with it.

@@ -2,12 +2,30 @@
 //! addresses it carries, and clone detection (a record under our key that
 //! we did not make means another process holds our identity).
 
+use std::time::{Duration, Instant};
+
 use libp2p::{Multiaddr, PeerId};
 
 use super::addr::is_tcp;
 use super::behaviour::agent_version;
 use super::protocol::{CellRecord, MAX_ADDRS};
 use crate::mesh::now_ms;
+
+/// A cloned identity not heard of for this long is taken to be gone (a
+/// clone that crashed sends no leave), and the cell is healthy again.
+pub(crate) const CLONE_QUIET: Duration = Duration::from_secs(120);
+
+/// What a record under our own key tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloneNews {
+    /// Nothing new: our own record, or clone news already known.
+    Nothing,
+    /// Another process holds our key (a cloned disk image, usually).
+    Clone,
+    /// The clone shut down (its leave record): healthy again; our record
+    /// must now beat its leave, which other cells hold under our key.
+    CloneLeft,
+}
 
 #[derive(Debug)]
 pub(crate) struct Local {
@@ -22,6 +40,9 @@ pub(crate) struct Local {
     pub(crate) listen_addrs: Vec<Multiaddr>,
     /// Why this cell is degraded (a cloned identity), shown in `/health`.
     pub(crate) degraded: Option<String>,
+    /// The highest `seq` of a clone's record seen, and when.
+    clone_seq: u64,
+    clone_seen_at: Option<Instant>,
 }
 
 impl Local {
@@ -43,6 +64,8 @@ impl Local {
             start_seq: seq,
             listen_addrs: Vec::new(),
             degraded: None,
+            clone_seq: 0,
+            clone_seen_at: None,
         }
     }
 
@@ -86,19 +109,41 @@ impl Local {
 
     /// A record under our own peer id reached us (`via` says how). If we
     /// did not make it, another process holds our key: a cloned machine
-    /// image, usually. Returns true when that is news (the node then
-    /// publishes a record of ours newer than the clone's start, so the
-    /// clone, which ignores our records from before it started, learns of
-    /// us too).
-    pub(crate) fn check_clone(&mut self, record: &CellRecord, via: &str) -> bool {
+    /// image, usually. On [`CloneNews::Clone`] the node publishes a record
+    /// of ours newer than the clone's start, so the clone (which ignores our
+    /// records from before it started) learns of us too; on
+    /// [`CloneNews::CloneLeft`], one newer than the clone's leave, so the
+    /// cells that hold that leave under our key see us alive again.
+    pub(crate) fn check_clone(
+        &mut self,
+        record: &CellRecord,
+        via: &str,
+        now: Instant,
+    ) -> CloneNews {
         if record.seq <= self.start_seq {
             // Made before this run started: our own, from before a restart
             // or a rename.
-            return false;
+            return CloneNews::Nothing;
         }
         if record.cell_id == self.cell_id && record.seq <= self.seq {
             // One of our own records coming back: nothing new.
-            return false;
+            return CloneNews::Nothing;
+        }
+        if record.seq <= self.clone_seq {
+            // Clone news we had (a record passed around again).
+            return CloneNews::Nothing;
+        }
+        self.clone_seq = record.seq;
+        self.clone_seen_at = Some(now);
+        if record.leaving {
+            self.seq = self.seq.max(record.seq);
+            if self.degraded.take().is_some() {
+                tracing::info!(
+                    via,
+                    "the other process with this cell's identity shut down: healthy again"
+                );
+            }
+            return CloneNews::CloneLeft;
         }
         let reason = format!(
             "another cell is using this cell's identity (peer id {}; it calls itself {:?}, seen via {via}). \
@@ -107,11 +152,23 @@ impl Local {
             self.peer, record.cell_id
         );
         if self.degraded.as_deref() == Some(reason.as_str()) {
-            return false;
+            return CloneNews::Nothing;
         }
         tracing::error!("{reason}");
         self.degraded = Some(reason);
-        true
+        CloneNews::Clone
+    }
+
+    /// Clears a clone's degraded state once nothing was heard of it for
+    /// [`CLONE_QUIET`] (it crashed, or was stopped without a leave that
+    /// reached us). Returns whether it cleared.
+    pub(crate) fn clone_quiet(&mut self, now: Instant) -> bool {
+        let quiet = self.clone_seen_at.is_some_and(|t| now.duration_since(t) >= CLONE_QUIET);
+        if quiet && self.degraded.take().is_some() {
+            tracing::info!("nothing heard of the other process with this cell's identity for 2 minutes: healthy again");
+            return true;
+        }
+        false
     }
 }
 
@@ -141,25 +198,57 @@ mod tests {
 
     #[test]
     fn only_a_record_we_did_not_make_means_a_clone() {
+        let now = Instant::now();
         let mut l = local(1000);
         let mut r = l.record(false);
         // Ours from before this run, or one of ours coming back.
         r.seq = 900;
-        assert!(!l.check_clone(&r, "gossip"));
+        assert_eq!(l.check_clone(&r, "gossip", now), CloneNews::Nothing);
         l.bump();
         r.seq = l.seq;
-        assert!(!l.check_clone(&r, "gossip"));
+        assert_eq!(l.check_clone(&r, "gossip", now), CloneNews::Nothing);
         assert!(l.degraded.is_none());
         // Another name under our key, made after we started: a clone, once.
         r.cell_id = "impostor".into();
-        assert!(l.check_clone(&r, "gossip"));
+        assert_eq!(l.check_clone(&r, "gossip", now), CloneNews::Clone);
         assert!(l.degraded.as_deref().is_some_and(|d| d.contains("impostor")));
-        assert!(!l.check_clone(&r, "gossip"));
+        assert_eq!(l.check_clone(&r, "gossip", now), CloneNews::Nothing);
         // Our name, but a seq we never reached.
         let mut m = local(1000);
         let mut r = m.record(false);
         r.seq = m.seq + 10;
-        assert!(m.check_clone(&r, "record exchange"));
+        assert_eq!(m.check_clone(&r, "record exchange", now), CloneNews::Clone);
+    }
+
+    #[test]
+    fn the_clone_gone_makes_the_cell_healthy_again() {
+        let now = Instant::now();
+        let mut l = local(1000);
+        let mut r = l.record(false);
+        r.cell_id = "impostor".into();
+        r.seq = l.seq + 5;
+        assert_eq!(l.check_clone(&r, "gossip", now), CloneNews::Clone);
+        // Its leave: healthy at once, and our next record beats the leave.
+        r.seq += 1;
+        r.leaving = true;
+        assert_eq!(l.check_clone(&r, "gossip", now), CloneNews::CloneLeft);
+        assert!(l.degraded.is_none());
+        assert!(l.bump() > r.seq);
+        // A clone's old records passed around again are not news.
+        r.leaving = false;
+        r.seq -= 1;
+        assert_eq!(l.check_clone(&r, "record exchange", now), CloneNews::Nothing);
+        assert!(l.degraded.is_none());
+        // A clone that crashed: healthy again after two quiet minutes.
+        let mut m = local(1000);
+        let mut r = m.record(false);
+        r.cell_id = "impostor".into();
+        r.seq = m.seq + 5;
+        m.check_clone(&r, "gossip", now);
+        assert!(!m.clone_quiet(now + CLONE_QUIET - Duration::from_secs(1)));
+        assert!(m.degraded.is_some());
+        assert!(m.clone_quiet(now + CLONE_QUIET));
+        assert!(m.degraded.is_none());
     }
 
     #[test]

@@ -182,14 +182,28 @@ impl<K: Hash + Eq + Copy> Membership<K> {
     }
 }
 
-/// Every live record we hold, for a `hello`. The peer's own record is
-/// included on purpose: if it is not one the peer made, someone else holds
-/// its key (clone detection).
-pub(crate) fn known_records(mesh: &MeshView) -> Vec<KnownCell> {
-    mesh.alive_records()
+/// Every live record we hold, for a `hello` to `peer`. The peer's own
+/// record is included on purpose, whatever we believe of it: if it is not
+/// one the peer made, someone else holds its key (clone detection), and if
+/// it says the peer left (a clone's leave), the peer answers with a newer one.
+pub(crate) fn known_records(mesh: &MeshView, peer: PeerId) -> Vec<KnownCell> {
+    let mut known: Vec<KnownCell> = mesh
+        .alive_records()
         .take(MAX_KNOWN_RECORDS)
         .map(|(p, record)| KnownCell { peer_id: p.to_base58(), record })
-        .collect()
+        .collect();
+    with_own_row(mesh, peer, &mut known);
+    known
+}
+
+/// Adds `peer`'s own row when `known` lacks it (it is not alive here).
+fn with_own_row(mesh: &MeshView, peer: PeerId, known: &mut Vec<KnownCell>) {
+    let id = peer.to_base58();
+    if known.len() < MAX_KNOWN_RECORDS && !known.iter().any(|k| k.peer_id == id) {
+        if let Some(record) = mesh.record_of(&peer).filter(|r| r.leaving) {
+            known.push(KnownCell { peer_id: id, record });
+        }
+    }
 }
 
 /// The digest of every record we hold, for a `sync`. Our own record is not
@@ -218,11 +232,12 @@ pub(crate) fn answer_sync(
         .filter_map(|d| Some((d.peer_id.parse::<PeerId>().ok()?, d.seq)))
         .filter(|(p, _)| *p != requester)
         .collect();
-    let known: Vec<KnownCell> = mesh
+    let mut known: Vec<KnownCell> = mesh
         .newer_than(&held)
         .take(MAX_KNOWN_RECORDS)
         .map(|(p, record)| KnownCell { peer_id: p.to_base58(), record })
         .collect();
+    with_own_row(mesh, requester, &mut known);
     let lacking = held.iter().any(|(p, seq)| {
         let ours = if *p == local.0 { Some(local.1) } else { mesh.seq_of(p) };
         ours.is_none_or(|s| *seq > s)
@@ -325,5 +340,12 @@ mod tests {
         // A record of ours newer than ours: a clone; ask back.
         let (_, lacking) = answer_sync(&mesh, (me, 10), asker, &[d(a, 5), d(b, 5), d(me, 11)]);
         assert!(lacking);
+        // An asker we hold as left (its clone's leave) is shown that record.
+        let mut left = record("asker", 9);
+        left.leaving = true;
+        mesh.merge(asker, &left, FoundBy::Gossip, true);
+        let (known, _) = answer_sync(&mesh, (me, 10), asker, &[d(a, 5), d(b, 5)]);
+        assert!(known.iter().any(|k| k.peer_id == asker.to_base58() && k.record.leaving));
+        assert!(known_records(&mesh, asker).iter().any(|k| k.peer_id == asker.to_base58()));
     }
 }

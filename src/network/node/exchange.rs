@@ -28,7 +28,7 @@ const LEAVE_WAIT: std::time::Duration = std::time::Duration::from_millis(1000);
 impl Node {
     pub(super) fn send_hello(&mut self, peer: PeerId, reply: Option<RegisterReply>) {
         let req = RegisterRequest {
-            known: membership::known_records(&self.mesh),
+            known: membership::known_records(&self.mesh, peer),
             ..RegisterRequest::new(RequestKind::Hello, self.local.record(false))
         };
         let id = self.swarm.behaviour_mut().register.send_request(&peer, req);
@@ -203,7 +203,7 @@ impl Node {
             RequestKind::Hello => {
                 // What we held before this request: if our record of the
                 // requester is not one it made, it learns of its clone.
-                let known = membership::known_records(&self.mesh);
+                let known = membership::known_records(&self.mesh, peer);
                 self.merge_and_answer(peer, &request, known, channel);
             }
             RequestKind::Sync => {

@@ -40,7 +40,7 @@ use crate::network::dialer::{Dial, Dialer, Step};
 use crate::network::handle::{Command, Handle, SyncOutcome};
 use crate::network::links::Links;
 use crate::network::liveness::{self, Liveness, Peers};
-use crate::network::local::Local;
+use crate::network::local::{CloneNews, Local};
 use crate::network::membership::{Membership, Request};
 use crate::network::protocol::{CellRecord, RegisterRequest, RegisterResponse, RequestKind, TOPIC};
 use crate::network::publisher::Publisher;
@@ -57,6 +57,9 @@ pub(crate) const COMMAND_CHANNEL: usize = 256;
 /// How often the loop reconciles: redials, prunes duplicate connections,
 /// publishes RTT changes.
 pub(crate) const TICK: Duration = Duration::from_millis(500);
+/// Failed and left cells are forgotten this long after they were last
+/// heard of (Serf's reconnect timeout and tombstones: 24 h).
+const FORGET_AFTER_MS: u64 = 24 * 3600 * 1000;
 
 /// Owns the swarm; run it with [`Node::run`].
 pub struct Node {
@@ -80,6 +83,8 @@ pub struct Node {
     exchange_every: Duration,
     /// Cells from the last run, dialed once at start.
     rejoin: Vec<(PeerId, Vec<Multiaddr>)>,
+    /// How long a `/register` dial may take: a second less than a command.
+    register_wait: Duration,
     /// `suspect` notices waiting for our probe of their suspect (answered
     /// with its outcome: an indirect probe), and when each came.
     held_notices: HashMap<PeerId, Vec<(Instant, ResponseChannel<RegisterResponse>)>>,
@@ -165,6 +170,11 @@ impl Node {
             exchange_every: config.tuning.exchange_interval(),
             rejoin,
             held_notices: HashMap::new(),
+            register_wait: config
+                .tuning
+                .command_timeout()
+                .saturating_sub(Duration::from_secs(1))
+                .max(Duration::from_secs(1)),
             swarm,
         };
         Ok((node, handle))
@@ -265,8 +275,19 @@ impl Node {
                     seq: self.local.seq,
                 });
             }
+            Command::Forget { peer, reply } => {
+                let done = self.mesh.forget(&peer);
+                if done.is_ok() {
+                    tracing::info!(%peer, "forgot a cell gone for good");
+                    self.dialer.forget_retry(&peer);
+                    self.publisher.coalescer.dirty();
+                }
+                let _ = reply.send(done);
+            }
             Command::Register { addr, reply } => {
-                let dial = self.dialer.register(addr, reply);
+                // Answered before the caller's own timeout, naming the address.
+                let deadline = Instant::now() + self.register_wait;
+                let dial = self.dialer.register(addr, reply, deadline);
                 self.start_dials(Some(dial));
             }
         }
@@ -313,6 +334,19 @@ impl Node {
             held.retain(|(at, _)| now.duration_since(*at) < limit);
             !held.is_empty()
         });
+        for id in self.dialer.expired(now) {
+            self.swarm.close_connection(id);
+        }
+        if self.local.clone_quiet(now) {
+            self.publisher.coalescer.dirty();
+        }
+        // Failed and left cells not heard of for a day are forgotten (as
+        // Serf reaps them), so the table does not grow without bound.
+        let reaped = self.mesh.reap(crate::mesh::now_ms().saturating_sub(FORGET_AFTER_MS));
+        if !reaped.is_empty() {
+            tracing::info!(cells = reaped.len(), "forgot cells gone for a day");
+            self.publisher.coalescer.dirty();
+        }
         let (late, actions) = self.liveness.on_tick(now);
         if let Some(late) = late {
             tracing::debug!(
@@ -482,7 +516,9 @@ impl Node {
     fn transition(&mut self, t: Option<Transition>) {
         let Some(t) = t else { return };
         let cell = self.mesh.get(&t.peer).and_then(|e| e.cell_id.clone()).filter(|c| !c.is_empty());
-        let name = cell.clone().unwrap_or_default();
+        // A cell whose record has not come yet (it connected first) has no
+        // name to log.
+        let name = cell.as_deref().unwrap_or("(no record yet)");
         match (t.from, t.to) {
             (None, _) => tracing::info!(peer = %t.peer, cell = name, "cell joined"),
             (_, PeerState::Alive) => tracing::info!(peer = %t.peer, cell = name, "cell is back"),
@@ -550,9 +586,16 @@ impl Node {
 
     /// A record under our key that we may not have made (see `Local::check_clone`).
     fn check_clone(&mut self, record: &CellRecord, via: &str) {
-        if self.local.check_clone(record, via) {
-            self.publisher.coalescer.dirty();
-            self.publish_own("a clone of this cell");
+        match self.local.check_clone(record, via, Instant::now()) {
+            CloneNews::Nothing => {}
+            CloneNews::Clone => {
+                self.publisher.coalescer.dirty();
+                self.publish_own("a clone of this cell");
+            }
+            CloneNews::CloneLeft => {
+                self.publisher.coalescer.dirty();
+                self.publish_own("the clone of this cell left");
+            }
         }
     }
 

@@ -89,7 +89,8 @@ impl StateArgs {
 enum Cmd {
     /// Run a cell (the default)
     Run(RunArgs),
-    /// Print this machine's peer id (creating the identity if needed)
+    /// Print this machine's peer id (creating the identity if needed), and the running
+    /// cell's listen addresses when it answers
     Id(StateArgs),
     /// Write a new pre-shared swarm key (Kubo's swarm.key format) for a private mesh
     Keygen {
@@ -452,7 +453,34 @@ fn main() -> ExitCode {
             Cmd::Run(args) => run(&args).await,
             Cmd::Id(state) => {
                 let key = aios_cell::identity::load_or_create(&state.data_dir()?)?;
-                println!("{}", key.public().to_peer_id());
+                let id = key.public().to_peer_id();
+                println!("{id}");
+                // The running cell with this identity, found as the client
+                // verbs find it, tells where it listens.
+                let target = Target {
+                    api: std::env::var("AIOS_API").ok(),
+                    api_token: None,
+                    api_token_file: None,
+                    config: state.config.clone(),
+                };
+                let health = match target.resolve(|k| std::env::var(k).ok()) {
+                    Ok((api, _)) => match Client::new(&api, None) {
+                        Ok(c) => c.health().await.ok(),
+                        Err(_) => None,
+                    },
+                    Err(_) => None,
+                };
+                match health.filter(|h| h["peer_id"] == id.to_base58()) {
+                    Some(h) => {
+                        let addrs = h["listen_addrs"].as_array().cloned().unwrap_or_default();
+                        for a in addrs.iter().filter_map(|a| a.as_str()) {
+                            println!("{a}/p2p/{id}");
+                        }
+                    }
+                    None => eprintln!(
+                        "(no running cell with this identity answered: no listen addresses)"
+                    ),
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Cmd::Keygen { path, state } => {

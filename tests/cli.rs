@@ -527,3 +527,32 @@ async fn forget_removes_a_cell_gone_for_good_and_only_such_a_cell() {
     assert!(stderr(&out).contains("no such cell"), "{}", stderr(&out));
     a.cell.shutdown().await;
 }
+
+/// `id` prints the peer id, and the running cell's listen addresses when
+/// the cell with that identity answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_prints_the_listen_addresses_of_the_running_cell() {
+    let n = start("ident", None).await;
+    let _ = p2p_addr(&n).await;
+    let id = n.cell.peer_id().to_base58();
+    let mut cmd = bin(n.dir.path());
+    cmd.args(["id"]).env("AIOS_DATA_DIR", n.dir.path().join("data")).env("AIOS_API", n.api());
+    let out = run(cmd).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], id);
+    assert!(
+        lines[1..]
+            .iter()
+            .any(|l| l.starts_with("/ip4/127.0.0.1/tcp/") && l.ends_with(&format!("/p2p/{id}"))),
+        "{text}"
+    );
+    n.cell.shutdown().await;
+    // No cell running: the id alone, and a word on stderr.
+    let mut cmd = bin(n.dir.path());
+    cmd.args(["id"]).env("AIOS_DATA_DIR", n.dir.path().join("data")).env("AIOS_API", "127.0.0.1:9");
+    let out = run(cmd).await;
+    assert_eq!(stdout(&out).trim(), id);
+    assert!(stderr(&out).contains("no running cell"), "{}", stderr(&out));
+}

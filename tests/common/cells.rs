@@ -144,7 +144,8 @@ pub(crate) fn peer_id_for(data_dir: &std::path::Path) -> String {
     scrub_env(&mut cmd);
     let out = cmd.arg("id").env("AIOS_DATA_DIR", data_dir).output().expect("run aios-cell id");
     assert!(out.status.success(), "aios-cell id: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf-8 peer id").trim().to_owned()
+    let text = String::from_utf8(out.stdout).expect("utf-8 peer id");
+    text.lines().next().unwrap_or_default().trim().to_owned()
 }
 
 /// Starts a cell named `name` on `host` with mDNS on and no peers, its data

@@ -20,6 +20,24 @@ pub const SWARM_KEY_FILE: &str = "swarm.key";
 /// Default HTTP API port; a configured peer on this port is a likely mistake.
 pub const DEFAULT_HTTP_PORT: u16 = 8000;
 
+/// A key the config file should not have, and what it may have meant.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "config file {path}: unknown key `{key}`{}{}",
+    section.as_deref().map(|s| format!(" in [{s}]")).unwrap_or_default(),
+    match suggestion {
+        Some(s) => format!(" (did you mean `{s}`?)"),
+        None => format!(" (the keys there: {})", known.join(", ")),
+    }
+)]
+pub struct UnknownKey {
+    pub path: PathBuf,
+    pub key: String,
+    pub section: Option<String>,
+    pub suggestion: Option<String>,
+    pub known: Vec<String>,
+}
+
 /// Errors resolving the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -27,21 +45,9 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path} is not valid TOML for aios-cell: {source}")]
     Parse { path: PathBuf, source: Box<toml::de::Error> },
-    #[error(
-        "config file {path}: unknown key `{key}`{}{}",
-        section.as_deref().map(|s| format!(" in [{s}]")).unwrap_or_default(),
-        match suggestion {
-            Some(s) => format!(" (did you mean `{s}`?)"),
-            None => format!(" (the keys there: {})", known.join(", ")),
-        }
-    )]
-    UnknownKey {
-        path: PathBuf,
-        key: String,
-        section: Option<String>,
-        suggestion: Option<String>,
-        known: Vec<String>,
-    },
+    /// Boxed: the largest variant by far, and every `Result` carries its size.
+    #[error("{0}")]
+    UnknownKey(Box<UnknownKey>),
     #[error("invalid peer {0:?}: expected a multiaddr (/ip4/…/tcp/8001) or host[:port]")]
     BadPeer(String),
     #[error("consciousness_level must be a finite, non-negative number, got {0}")]
@@ -338,13 +344,13 @@ fn check_keys(
 ) -> Result<(), ConfigError> {
     for key in table.keys() {
         if !known.contains(key) {
-            return Err(ConfigError::UnknownKey {
+            return Err(ConfigError::UnknownKey(Box::new(UnknownKey {
                 path: path.to_owned(),
                 key: key.clone(),
                 section: section.map(str::to_owned),
                 suggestion: closest(key, known),
                 known: known.to_vec(),
-            });
+            })));
         }
     }
     Ok(())
@@ -707,9 +713,7 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors_with_a_suggestion_at_any_level() {
         let unknown = |text: &str| match FileConfig::parse(text, Path::new("x.toml")) {
-            Err(ConfigError::UnknownKey { key, section, suggestion, .. }) => {
-                (key, section, suggestion)
-            }
+            Err(ConfigError::UnknownKey(u)) => (u.key, u.section, u.suggestion),
             other => panic!("{text:?}: {other:?}"),
         };
         assert_eq!(unknown("cel_id = \"a\""), ("cel_id".into(), None, Some("cell_id".into())));

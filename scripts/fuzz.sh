@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 secs=${1:-60}
 read -r -a build <<< "${FUZZ_BUILD:-}"
-for target in gossip_record register_exchange json_bodies; do
+for target in gossip_record register_exchange json_bodies signed_record; do
   corpus="corpus/$target"
   mkdir -p "$corpus"
   if [ -d "seeds/$target" ]; then cp -n seeds/"$target"/* "$corpus"/ 2>/dev/null || true; fi

@@ -105,7 +105,7 @@ impl Cell {
 
         let mut registry = Registry::default();
         let cell_metrics = metrics::CellMetrics::register(&mut registry);
-        let swarm = network::behaviour::build_swarm(key, &config, psk, &mut registry)?;
+        let swarm = network::behaviour::build_swarm(key.clone(), &config, psk, &mut registry)?;
         let p2p_metrics = libp2p::metrics::Metrics::new(&mut registry);
         let mut restored = state::load(&config.data_dir).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read the state file; starting from the configuration");
@@ -126,6 +126,7 @@ impl Cell {
         let (state_tx, state_rx) = tokio::sync::watch::channel(None);
         let (node, handle) = network::Node::new(
             swarm,
+            key,
             &config,
             cell_metrics.clone(),
             p2p_metrics,

@@ -135,6 +135,9 @@ struct Row {
     created: std::time::Instant,
     /// We have had a connection to it.
     ever_connected: bool,
+    /// Its latest record as it signed it (what exchanges relay); `None`
+    /// for a cell older than signed records.
+    signed: Option<CellRecord>,
 }
 
 impl Row {
@@ -154,6 +157,9 @@ pub fn now_ms() -> u64 {
 impl Row {
     /// The record this row holds, as an exchange passes it on.
     fn record(&self) -> Option<CellRecord> {
+        if let Some(signed) = &self.signed {
+            return Some(signed.clone());
+        }
         let e = &self.entry;
         Some(CellRecord {
             cell_id: e.cell_id.clone()?,
@@ -169,6 +175,7 @@ impl Row {
                 .collect(),
             agent: e.agent.clone().unwrap_or_default(),
             leaving: e.state == PeerState::Left,
+            envelope: None,
         })
     }
 }
@@ -216,6 +223,7 @@ impl MeshView {
             joined: false,
             created: std::time::Instant::now(),
             ever_connected: false,
+            signed: None,
         })
     }
 
@@ -348,6 +356,9 @@ impl MeshView {
         row.entry.branch = Some(record.branch.clone());
         row.entry.consciousness_level = Some(record.level);
         row.entry.seq = record.seq;
+        // An unsigned record (an older cell) replaces the signed one too:
+        // relaying the older signed one would spread stale news.
+        row.signed = record.envelope.is_some().then(|| record.clone());
         row.addrs.extend(record.addrs.iter().filter_map(|a| a.parse().ok()).map(|a| strip_p2p(&a)));
         if direct && !record.agent.is_empty() {
             row.entry.agent = Some(record.agent.clone());
@@ -392,10 +403,12 @@ impl MeshView {
         self.alive_records().filter(|(p, r)| held.get(p).is_none_or(|seq| r.seq > *seq))
     }
 
-    /// Records for the peers we believe alive, for a record exchange.
+    /// Records for the peers we believe alive, as their authors signed
+    /// them, for a record exchange (a record relayed unsigned is refused, so
+    /// cells older than signed records are left out).
     pub fn alive_records(&self) -> impl Iterator<Item = (PeerId, CellRecord)> + '_ {
         self.peers.iter().filter_map(|(peer, row)| {
-            (row.entry.state == PeerState::Alive).then(|| Some((*peer, row.record()?)))?
+            (row.entry.state == PeerState::Alive).then(|| Some((*peer, row.signed.clone()?)))?
         })
     }
 
@@ -633,6 +646,7 @@ mod tests {
             addrs: vec!["/ip4/10.0.0.2/tcp/8001".into()],
             agent: String::new(),
             leaving: false,
+            envelope: None,
         }
     }
 
@@ -663,11 +677,14 @@ mod tests {
     #[test]
     fn a_sync_answer_holds_only_records_newer_than_the_digest_or_missing_from_it() {
         let mut m = MeshView::default();
-        let (same, newer, missing, failed) =
-            (PeerId::random(), PeerId::random(), PeerId::random(), PeerId::random());
+        let keys: Vec<libp2p::identity::Keypair> =
+            (0..4).map(|_| libp2p::identity::Keypair::generate_ed25519()).collect();
+        let ids: Vec<PeerId> = keys.iter().map(|k| k.public().to_peer_id()).collect();
+        let (same, newer, missing, failed) = (ids[0], ids[1], ids[2], ids[3]);
         for (i, (p, seq)) in [(same, 5), (newer, 9), (missing, 2), (failed, 4)].iter().enumerate() {
             m.connected(*p, None, FoundBy::Mdns);
             let r = CellRecord { cell_id: format!("c{i}"), ..rec(*seq, 0.5) };
+            let r = r.signed(&keys[i]).expect("signed");
             assert_eq!(m.merge(*p, &r, FoundBy::Mdns, true).0, Merge::Updated);
         }
         m.disconnected(failed);

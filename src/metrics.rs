@@ -42,7 +42,7 @@ pub struct StateLabel {
 }
 
 /// Why gossip messages are rejected (`aios_gossip_messages_rejected_total`).
-pub const REJECT_REASONS: [&str; 3] = ["invalid", "unsigned", "cell_id_taken"];
+pub const REJECT_REASONS: [&str; 4] = ["invalid", "unsigned", "cell_id_taken", "forged"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -93,6 +93,8 @@ pub struct CellMetrics {
     pub gossip_sent: Counter,
     pub gossip_received: Counter,
     pub gossip_rejected: Family<ReasonLabel, Counter>,
+    /// Records refused because their author's signature does not hold.
+    pub records_refused: Family<ReasonLabel, Counter>,
     pub registrations: Family<RegistrationLabels, Counter>,
     pub probes: Family<ProbeLabels, Counter>,
     pub suspects_sent: Counter,
@@ -118,6 +120,7 @@ impl CellMetrics {
             gossip_sent: Counter::default(),
             gossip_received: Counter::default(),
             gossip_rejected: Family::default(),
+            records_refused: Family::default(),
             registrations: Family::default(),
             probes: Family::default(),
             suspects_sent: Counter::default(),
@@ -162,6 +165,11 @@ impl CellMetrics {
             "aios_gossip_messages_rejected",
             "Gossip messages refused, by reason",
             m.gossip_rejected.clone(),
+        );
+        registry.register(
+            "aios_records_refused",
+            "Records refused in gossip or a record exchange because their author's signature does not hold, by reason (unsigned, forged, altered, invalid)",
+            m.records_refused.clone(),
         );
         registry.register(
             "aios_registrations",
@@ -211,6 +219,9 @@ impl CellMetrics {
         );
         // Export every known reason from the start, at 0, so dashboards
         // show 0 rather than "no data".
+        for reason in crate::network::protocol::SignatureError::REASONS {
+            m.records_refused.get_or_create(&ReasonLabel { reason }).inc_by(0);
+        }
         for reason in REJECT_REASONS {
             m.gossip_rejected.get_or_create(&ReasonLabel { reason }).inc_by(0);
         }

@@ -644,3 +644,118 @@ async fn a_cell_whose_quic_port_is_taken_runs_on_tcp_and_says_so() {
     b.cell.shutdown().await;
     a.cell.shutdown().await;
 }
+
+/// A member of the mesh (here a plain libp2p node speaking the register
+/// protocol) relays forged records of another cell in a `hello`: its level
+/// changed, its leave made up, unsigned or signed by the forger. The cell
+/// refuses every one, counts them, and its view of the forged cell stays
+/// as that cell made it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_relayed_with_forged_fields_or_signatures_are_refused() {
+    use aios_cell::network::protocol::{
+        CellRecord, KnownCell, RegisterRequest, RegisterResponse, RequestKind, REGISTER_PROTOCOL,
+    };
+    use futures::StreamExt;
+    use libp2p::request_response::{self, ProtocolSupport};
+    use libp2p::{noise, tcp, yamux, StreamProtocol};
+
+    let a = start("honest-a", vec![]).await;
+    let to_a: Vec<PeerAddr> =
+        vec![format!("/ip4/127.0.0.1/tcp/{}", p2p_port(&a).await).parse().unwrap()];
+    let b = start("honest-b", to_a).await;
+    let b_id = b.cell.peer_id().to_base58();
+    wait_for(&a, "b alive", Duration::from_secs(10), |v| {
+        peer(v, &b_id).is_some_and(|p| p["state"] == "alive" && p["consciousness_level"] == 0.5)
+    })
+    .await;
+    // b goes away: only others' word about it can reach a now, and a
+    // newer record of it (from anyone) would otherwise be taken.
+    b.cell.shutdown().await;
+    wait_for(&a, "b left", Duration::from_secs(10), |v| {
+        peer(v, &b_id).is_some_and(|p| p["state"] == "left" && p["connected"] == false)
+    })
+    .await;
+
+    let forger_key = libp2p::identity::Keypair::generate_ed25519();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(forger_key.clone())
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::cbor::Behaviour::<RegisterRequest, RegisterResponse>::new(
+                [(StreamProtocol::new(REGISTER_PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default(),
+            )
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    let a_id = a.cell.peer_id();
+    let addr: libp2p::Multiaddr =
+        format!("/ip4/127.0.0.1/tcp/{}/p2p/{a_id}", p2p_port(&a).await).parse().unwrap();
+    swarm.dial(addr).unwrap();
+
+    let b_record = |level: f64, leaving: bool| CellRecord {
+        cell_id: "honest-b".into(),
+        level,
+        branch: "main".into(),
+        seq: u64::MAX / 2,
+        at_ms: 1,
+        addrs: Vec::new(),
+        agent: "aios-cell/forged".into(),
+        leaving,
+        envelope: None,
+    };
+    let known = vec![
+        // Unsigned: the relay's word only.
+        KnownCell { peer_id: b_id.clone(), record: b_record(6.0, false) },
+        // Signed, but by the forger, not by b.
+        KnownCell {
+            peer_id: b_id.clone(),
+            record: b_record(0.0, true).signed(&forger_key).unwrap(),
+        },
+    ];
+    let own = CellRecord {
+        cell_id: "forger".into(),
+        seq: 1,
+        agent: "test".into(),
+        ..b_record(0.5, false)
+    }
+    .signed(&forger_key)
+    .unwrap();
+    let request = RegisterRequest { known, ..RegisterRequest::new(RequestKind::Hello, own) };
+    let mut request = Some(request);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .expect("the cell answered the hello");
+        match event {
+            libp2p::swarm::SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == a_id => {
+                if let Some(r) = request.take() {
+                    swarm.behaviour_mut().send_request(&a_id, r);
+                }
+            }
+            libp2p::swarm::SwarmEvent::Behaviour(request_response::Event::Message {
+                message: request_response::Message::Response { .. },
+                ..
+            }) => break,
+            libp2p::swarm::SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                error,
+                ..
+            }) => panic!("the hello failed: {error}"),
+            _ => {}
+        }
+    }
+
+    assert_eq!(metric(&a, r#"aios_records_refused_total{reason="unsigned"}"#).await, 1.0);
+    assert_eq!(metric(&a, r#"aios_records_refused_total{reason="forged"}"#).await, 1.0);
+    let peers = get(&format!("{}/peers", a.api)).await;
+    let row = peer(&peers, &b_id).expect("b is still known");
+    assert_eq!(row["state"], "left", "{row}");
+    assert_eq!(row["consciousness_level"], 0.5, "the forged level was not taken: {row}");
+    assert_ne!(row["seq"], u64::MAX / 2, "{row}");
+    // The forger itself is known by its own (signed, direct) record.
+    assert!(peers["peers"].as_array().unwrap().iter().any(|p| p["cell_id"] == "forger"), "{peers}");
+    a.cell.shutdown().await;
+}

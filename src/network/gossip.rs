@@ -53,6 +53,7 @@ mod tests {
             addrs: Vec::new(),
             agent: "aios-cell/test".into(),
             leaving: false,
+            envelope: None,
         }
     }
 

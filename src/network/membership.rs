@@ -263,6 +263,7 @@ mod tests {
             addrs: vec!["/ip4/10.0.0.2/tcp/8001".into()],
             agent: "aios-cell/test".into(),
             leaving: false,
+            envelope: None,
         }
     }
 
@@ -323,11 +324,15 @@ mod tests {
     #[test]
     fn a_sync_brings_what_is_newer_or_missing_and_asks_back_for_what_we_lack() {
         let me = PeerId::random();
-        let (a, b, c, asker) =
-            (PeerId::random(), PeerId::random(), PeerId::random(), PeerId::random());
+        let key = |_| libp2p::identity::Keypair::generate_ed25519();
+        let keys: Vec<_> = (0..3).map(key).collect();
+        let [a, b, asker] = [0, 1, 2].map(|i| keys[i].public().to_peer_id());
+        let c = PeerId::random();
+        // Records as their authors signed them (only those are relayed).
+        let signed = |i: usize, r: CellRecord| r.signed(&keys[i]).expect("signed");
         let mut mesh = MeshView::new(me, "me");
-        mesh.merge(a, &record("a", 5), FoundBy::Gossip, true);
-        mesh.merge(b, &record("b", 5), FoundBy::Gossip, true);
+        mesh.merge(a, &signed(0, record("a", 5)), FoundBy::Gossip, true);
+        mesh.merge(b, &signed(1, record("b", 5)), FoundBy::Gossip, true);
         let d = |p: PeerId, seq| DigestEntry { peer_id: p.to_base58(), seq };
         // The asker has a at 5 (same), b at 3 (older), and c we lack.
         let (known, lacking) = answer_sync(&mesh, (me, 10), asker, &[d(a, 5), d(b, 3), d(c, 1)]);
@@ -343,7 +348,7 @@ mod tests {
         // An asker we hold as left (its clone's leave) is shown that record.
         let mut left = record("asker", 9);
         left.leaving = true;
-        mesh.merge(asker, &left, FoundBy::Gossip, true);
+        mesh.merge(asker, &signed(2, left), FoundBy::Gossip, true);
         let (known, _) = answer_sync(&mesh, (me, 10), asker, &[d(a, 5), d(b, 5)]);
         assert!(known.iter().any(|k| k.peer_id == asker.to_base58() && k.record.leaving));
         assert!(known_records(&mesh, asker).iter().any(|k| k.peer_id == asker.to_base58()));

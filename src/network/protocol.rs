@@ -4,6 +4,7 @@
 //! `docs/protocol.md` documents these for other implementations; keep the two
 //! in step.
 
+use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
 /// Gossipsub topic every cell subscribes to.
@@ -23,8 +24,15 @@ pub const MAX_ADDRS: usize = 32;
 /// Largest number of third-party records in one exchange.
 pub const MAX_KNOWN_RECORDS: usize = 256;
 
+/// Domain separation and payload type of a record's signed envelope
+/// (libp2p's signed envelopes, as its peer records use them).
+pub const RECORD_DOMAIN: &str = "aios-cell-record";
+pub const RECORD_PAYLOAD_TYPE: &[u8] = b"/aios/record/1";
+
 /// One cell's state, as it publishes it. The author is the gossip message's
-/// signed source (or the request-response peer), never a field.
+/// signed source (or the request-response peer), never a field; `envelope`
+/// carries the author's signature, so that a record relayed by another
+/// cell is believed only as its author made it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CellRecord {
     /// Human name of the cell.
@@ -46,10 +54,49 @@ pub struct CellRecord {
     /// True in the last record a cell sends when it shuts down cleanly.
     #[serde(default)]
     pub leaving: bool,
+    /// The author's signed envelope (domain [`RECORD_DOMAIN`], payload type
+    /// [`RECORD_PAYLOAD_TYPE`]) whose payload is this record's CBOR without
+    /// this field. Cells older than the field send none; a record relayed
+    /// in an exchange must have one (see [`CellRecord::verified`]).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
+    pub envelope: Option<Vec<u8>>,
+}
+
+/// Why a record's signature does not hold.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum SignatureError {
+    #[error("the record is not signed by its author")]
+    Unsigned,
+    #[error("the record's envelope does not decode")]
+    Malformed,
+    #[error("the record's signature is not valid (forged or altered)")]
+    Forged,
+    #[error("the record is signed by {signer}, not by the cell it is about")]
+    WrongAuthor { signer: PeerId },
+    #[error("the record's fields differ from what its author signed")]
+    Altered,
+    #[error("the signed record is not valid: {0}")]
+    Invalid(RecordError),
+}
+
+impl SignatureError {
+    /// The `reason` label of `aios_records_refused_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SignatureError::Unsigned => "unsigned",
+            SignatureError::Altered => "altered",
+            SignatureError::Invalid(_) => "invalid",
+            SignatureError::Malformed
+            | SignatureError::Forged
+            | SignatureError::WrongAuthor { .. } => "forged",
+        }
+    }
+
+    pub const REASONS: [&'static str; 4] = ["unsigned", "altered", "invalid", "forged"];
 }
 
 /// Why a record was refused.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum RecordError {
     #[error("level must be a finite, non-negative number, got {0}")]
     BadLevel(f64),
@@ -114,6 +161,50 @@ impl CellRecord {
             tracing::error!(error = %e, "encoding a record failed");
         }
         buf
+    }
+
+    /// This record signed with `key` (its author's identity key).
+    pub fn signed(
+        mut self,
+        key: &libp2p::identity::Keypair,
+    ) -> Result<Self, libp2p::identity::SigningError> {
+        self.envelope = None;
+        let payload = self.to_cbor();
+        let envelope = libp2p::core::SignedEnvelope::new(
+            key,
+            RECORD_DOMAIN.to_owned(),
+            RECORD_PAYLOAD_TYPE.to_vec(),
+            payload,
+        )?;
+        self.envelope = Some(envelope.into_protobuf_encoding());
+        Ok(self)
+    }
+
+    /// The record as `author` signed it: its envelope must decode, its
+    /// signature hold, its signer be `author`, and the fields sent beside it
+    /// be the ones signed. Returns the signed record (with its envelope).
+    pub fn verified(&self, author: &PeerId) -> Result<CellRecord, SignatureError> {
+        let bytes = self.envelope.as_deref().ok_or(SignatureError::Unsigned)?;
+        let envelope = libp2p::core::SignedEnvelope::from_protobuf_encoding(bytes)
+            .map_err(|_| SignatureError::Malformed)?;
+        let (payload, signer) = envelope
+            .payload_and_signing_key(RECORD_DOMAIN.to_owned(), RECORD_PAYLOAD_TYPE)
+            .map_err(|_| SignatureError::Forged)?;
+        let signer = signer.to_peer_id();
+        if signer != *author {
+            return Err(SignatureError::WrongAuthor { signer });
+        }
+        let mut signed = CellRecord::from_cbor(payload).map_err(SignatureError::Invalid)?;
+        if signed.envelope.is_some() {
+            return Err(SignatureError::Malformed);
+        }
+        let mut outer = self.clone();
+        outer.envelope = None;
+        if outer != signed {
+            return Err(SignatureError::Altered);
+        }
+        signed.envelope = Some(bytes.to_vec());
+        Ok(signed)
     }
 
     /// Decodes and validates a record from gossip.
@@ -235,6 +326,41 @@ mod tests {
             addrs: vec!["/ip4/10.0.0.1/tcp/8001".into()],
             agent: "aios-cell/0.1.0".into(),
             leaving: false,
+            envelope: None,
+        }
+    }
+
+    #[test]
+    fn a_record_counts_only_as_its_author_signed_it() {
+        let author = libp2p::identity::Keypair::generate_ed25519();
+        let id = author.public().to_peer_id();
+        let signed = record().signed(&author).expect("signed");
+        // Through CBOR and back, as a relay passes it on: it holds.
+        let relayed = CellRecord::from_cbor(&signed.to_cbor()).expect("decodes");
+        assert_eq!(relayed.verified(&id), Ok(signed.clone()));
+        // Unsigned (an older cell's, or a relay's invention).
+        assert_eq!(record().verified(&id), Err(SignatureError::Unsigned));
+        // A field changed beside the signature: the level, a leave.
+        let mut level = signed.clone();
+        level.level = 6.0;
+        assert_eq!(level.verified(&id), Err(SignatureError::Altered));
+        let mut leave = signed.clone();
+        leave.leaving = true;
+        assert_eq!(leave.verified(&id).map_err(|e| e.reason()), Err("altered"));
+        // Signed by another key (a relay signing a cell's record itself).
+        let forger = libp2p::identity::Keypair::generate_ed25519();
+        let forged = CellRecord { level: 6.0, ..record() }.signed(&forger).expect("signed");
+        assert!(matches!(forged.verified(&id), Err(SignatureError::WrongAuthor { .. })));
+        // A signature that does not match its payload, and garbage.
+        let mut bytes = signed.envelope.clone().expect("an envelope");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let broken = CellRecord { envelope: Some(bytes), ..signed.clone() };
+        assert_eq!(broken.verified(&id).map_err(|e| e.reason()), Err("forged"));
+        let garbage = CellRecord { envelope: Some(vec![1, 2, 3]), ..record() };
+        assert_eq!(garbage.verified(&id), Err(SignatureError::Malformed));
+        for e in [SignatureError::Unsigned, SignatureError::Altered, SignatureError::Forged] {
+            assert!(SignatureError::REASONS.contains(&e.reason()));
         }
     }
 

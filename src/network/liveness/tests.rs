@@ -212,6 +212,7 @@ fn a_newer_record_of_the_suspect_refutes_the_suspicion() {
         addrs: Vec::new(),
         agent: "aios-cell/test".into(),
         leaving: false,
+        envelope: None,
     };
     b.mesh.merge(x, &record(10), FoundBy::Gossip, true);
     b.notice(b.others[1], x, 0);

@@ -229,10 +229,30 @@ impl Node {
         };
         let verdict = match gossip::classify(self.local.peer, message.source, &message.data) {
             Incoming::Record(source, record) => {
-                self.metrics.gossip_received.inc();
-                gossip::verdict(self.merge_record(source, &record, FoundBy::Gossip, true))
+                // gossipsub checked that `source` signed the message; a
+                // record that also carries an envelope must hold to it.
+                let record = match record.envelope {
+                    Some(_) => record.verified(&source),
+                    None => Ok(record),
+                };
+                match record {
+                    Ok(record) => {
+                        self.metrics.gossip_received.inc();
+                        gossip::verdict(self.merge_record(source, &record, FoundBy::Gossip, true))
+                    }
+                    Err(e) => {
+                        self.refused(source, source, &e);
+                        self.reject("forged");
+                        gossipsub::MessageAcceptance::Reject
+                    }
+                }
             }
             Incoming::OwnKey(record) => {
+                // Signed with our key: ours from before, or a clone's.
+                let record = match record.envelope {
+                    Some(_) => record.verified(&self.local.peer).unwrap_or(record),
+                    None => record,
+                };
                 self.check_clone(&record, "gossip");
                 gossipsub::MessageAcceptance::Ignore
             }

@@ -11,16 +11,25 @@ use libp2p::PeerId;
 
 use super::Node;
 use crate::mesh::FoundBy;
-use crate::metrics::RegistrationLabels;
+use crate::metrics::{ReasonLabel, RegistrationLabels};
 use crate::network::dialer::RegisterReply;
 use crate::network::liveness::{self, Peers};
 use crate::network::membership::{self, Request};
 use crate::network::protocol::{
     CellRecord, KnownCell, RecordError, RegisterRequest, RegisterResponse, RequestKind,
-    MAX_KNOWN_RECORDS,
+    SignatureError, MAX_KNOWN_RECORDS,
 };
 use crate::network::{BehaviourEvent, CommandError, RegisterOutcome};
 use futures::StreamExt;
+
+/// Why an exchange's records were refused.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ExchangeError {
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+}
 
 /// How long shutdown waits for cells to acknowledge the leave notice.
 const LEAVE_WAIT: std::time::Duration = std::time::Duration::from_millis(1000);
@@ -53,21 +62,37 @@ impl Node {
         peer: PeerId,
         record: &CellRecord,
         known: &[KnownCell],
-    ) -> Result<usize, RecordError> {
+    ) -> Result<usize, ExchangeError> {
         record.validate()?;
-        self.merge_record(peer, record, FoundBy::Inbound, true);
+        // The sender's own record comes over its authenticated connection;
+        // a signed one must still hold (cells older than signatures send none).
+        let own = match record.envelope {
+            Some(_) => record.verified(&peer).inspect_err(|e| self.refused(peer, peer, e))?,
+            None => record.clone(),
+        };
+        self.merge_record(peer, &own, FoundBy::Inbound, true);
         let mut n = 0;
         for k in known.iter().take(MAX_KNOWN_RECORDS) {
             let Ok(p) = k.peer_id.parse::<PeerId>() else { continue };
-            if p == self.local.peer {
-                self.check_clone(&k.record, "record exchange");
-                continue;
-            }
             if p == peer || k.record.validate().is_err() {
                 continue;
             }
+            // A record relayed by another cell counts only as its author
+            // signed it: a relay cannot forge a cell's level, branch or
+            // leave, nor a clone of us.
+            let signed = match k.record.verified(&p) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.refused(peer, p, &e);
+                    continue;
+                }
+            };
+            if p == self.local.peer {
+                self.check_clone(&signed, "record exchange");
+                continue;
+            }
             n += 1;
-            self.merge_record(p, &k.record, FoundBy::Gossip, false);
+            self.merge_record(p, &signed, FoundBy::Gossip, false);
         }
         // Cells we just heard of are dialed now, not at the next tick: a
         // cell that started after the others sent mDNS only a query, which
@@ -78,6 +103,18 @@ impl Node {
             self.start_dials(dials);
         }
         Ok(n)
+    }
+
+    /// A record of `author` from `sender` failed its signature check:
+    /// counted, and logged once per sender.
+    pub(super) fn refused(&mut self, sender: PeerId, author: PeerId, e: &SignatureError) {
+        self.metrics.records_refused.get_or_create(&ReasonLabel { reason: e.reason() }).inc();
+        if self.refusal_warned.len() > 1024 {
+            self.refusal_warned.clear();
+        }
+        if self.refusal_warned.insert(sender) {
+            tracing::warn!(%sender, %author, error = %e, "refused a record its author did not sign as sent (further ones from this sender are only counted)");
+        }
     }
 
     pub(super) fn count_exchange(&self, kind: &'static str, direction: &'static str, ok: bool) {
@@ -219,9 +256,17 @@ impl Node {
                 }
             }
             RequestKind::Leave => {
-                let mut record = request.record;
-                record.leaving = true;
-                if record.validate().is_ok() {
+                let record = match request.record.envelope {
+                    // The leave it signed (it says `leaving` itself).
+                    Some(_) => request
+                        .record
+                        .verified(&peer)
+                        .inspect_err(|e| self.refused(peer, peer, e))
+                        .ok(),
+                    // An older cell: its word over its own connection.
+                    None => Some(CellRecord { leaving: true, ..request.record }),
+                };
+                if let Some(record) = record.filter(|r| r.validate().is_ok() && r.leaving) {
                     self.merge_record(peer, &record, FoundBy::Inbound, true);
                 }
                 self.respond(channel, Vec::new());

@@ -85,6 +85,8 @@ pub struct Node {
     rejoin: Vec<(PeerId, Vec<Multiaddr>)>,
     /// How long a `/register` dial may take: a second less than a command.
     register_wait: Duration,
+    /// Senders of records whose signatures failed, warned about once.
+    refusal_warned: std::collections::HashSet<PeerId>,
     /// `suspect` notices waiting for our probe of their suspect (answered
     /// with its outcome: an indirect probe), and when each came.
     held_notices: HashMap<PeerId, Vec<(Instant, ResponseChannel<RegisterResponse>)>>,
@@ -94,6 +96,7 @@ impl Node {
     /// Starts listening and returns the node and a handle to it.
     pub fn new(
         mut swarm: Swarm<Behaviour>,
+        key: libp2p::identity::Keypair,
         config: &Config,
         metrics: CellMetrics,
         p2p_metrics: libp2p::metrics::Metrics,
@@ -118,7 +121,7 @@ impl Node {
             rejoin = s.peers.iter().filter_map(RememberedPeer::parsed).collect();
         }
         let local =
-            Local::new(local_peer, config.cell_id.clone(), config.branch.clone(), level, saved_seq);
+            Local::new(key, config.cell_id.clone(), config.branch.clone(), level, saved_seq);
         metrics
             .info
             .get_or_create(&crate::metrics::InfoLabels {
@@ -170,6 +173,7 @@ impl Node {
             exchange_every: config.tuning.exchange_interval(),
             rejoin,
             held_notices: HashMap::new(),
+            refusal_warned: Default::default(),
             register_wait: config
                 .tuning
                 .command_timeout()

@@ -236,15 +236,20 @@ fn print_json(v: &serde_json::Value) {
     println!("{v:#}");
 }
 
+/// A client verb's answer: the cell's JSON, or `text` of it.
+fn show(json: bool, v: &serde_json::Value, text: fn(&serde_json::Value) -> String) {
+    if json {
+        print_json(v);
+    } else {
+        print!("{}", text(v));
+    }
+}
+
 async fn client_verb(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::Health(a) => {
             let v = a.client()?.health().await?;
-            if a.json {
-                print_json(&v);
-            } else {
-                print!("{}", client::format_health(&v));
-            }
+            show(a.json, &v, client::format_health);
             // Docker's HEALTHCHECK and scripts see a degraded cell.
             let healthy = v.get("status").and_then(|s| s.as_str()) == Some("healthy");
             Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -263,20 +268,12 @@ async fn client_verb(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Sync { client: a, level } => {
             let v = a.client()?.sync(level).await?;
-            if a.json {
-                print_json(&v);
-            } else {
-                print!("{}", client::format_sync(&v));
-            }
+            show(a.json, &v, client::format_sync);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Join { address, client: a } => {
             let v = a.client()?.join(&address).await?;
-            if a.json {
-                print_json(&v);
-            } else {
-                print!("{}", client::format_join(&v));
-            }
+            show(a.json, &v, client::format_join);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Forget { peer_id, client: a } => {

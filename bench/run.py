@@ -707,6 +707,9 @@ class CellSide:
         # host has seen all others alive and connected (None if not now).
         self.counts = {}
         self.ok_since = {}
+        # Since when the host has seen all others alive, connected or not
+        # (membership alone, which is how Serf's convergence is measured).
+        self.alive_since = {}
         self.bound = {}
         # Event streams that ended without our asking: (host, why).
         self.closed = []
@@ -739,6 +742,11 @@ class CellSide:
             return
         self.counts[h] = c
         need = self.expected - 1
+        if c[1] >= need:
+            if self.alive_since.get(h) is None:
+                self.alive_since[h] = rec["t"]
+        else:
+            self.alive_since[h] = None
         if c[0] >= need and c[1] >= need:
             if self.ok_since.get(h) is None:
                 self.ok_since[h] = rec["t"]
@@ -796,6 +804,9 @@ class CellSide:
 
     def convergence_times(self, hosts):
         return {h: self.ok_since[h] for h in hosts}, [h for h in hosts if self.bound.get(h)]
+
+    def alive_times(self, hosts):
+        return {h: self.alive_since.get(h) for h in hosts}
 
     def verify(self, hosts, victim=None, state="alive"):
         """End state from GET /peers: each host lists every other of `hosts`
@@ -1029,6 +1040,9 @@ class SerfSide:
     def convergence_times(self, hosts):
         return {h: self.ok_since[h] for h in hosts}, []
 
+    def alive_times(self, hosts):
+        return {h: self.ok_since[h] for h in hosts}
+
     def _members(self, h):
         r = run(["ip", "netns", "exec", self.lab.ns(h), self.serf, "members", "-format=json",
                  f"-rpc-addr={SERF_RPC}"], timeout=10, check=False)
@@ -1163,6 +1177,10 @@ class Suite:
         log(f"{self.s.name} N={self.lab.n}: hosts converged from {fmt_dur(each[0])} "
             f"(median {fmt_dur(each[len(each) // 2])}) to {fmt_dur(each[-1])}")
         self.figs["conv"] = Fig(v, fmt_dur(v))
+        alive = self.s.alive_times(self.hosts)
+        if all(t is not None for t in alive.values()):
+            va = max(alive.values()) - t0
+            self.figs["conv_alive"] = Fig(va, fmt_dur(va))
         if bounded:
             self.note(f"convergence of hosts {bounded} is an upper bound "
                       "(their event stream opened after they had converged)")
@@ -1488,6 +1506,8 @@ def http_bench(opts, lab, poller, figs, notes, static_bin):
 ROWS = [
     ("conv", "zero-config convergence", "≤ 0.25 s (N=20), ≤ 1 s (N=50)",
      lambda v, n: v <= 0.25 if n == 20 else (v <= 1.0 if n == 50 else None)),
+    ("conv_alive", "  every other cell alive in every view (cells: connected or not; Serf: as above)",
+     "", None),
     ("false_events", "false failures, every node up (times an observer marked a live peer failed)",
      "0", lambda v, n: v == 0),
     ("false_max", "  longest false failure (until alive again or the window's end)", "", None),

@@ -233,7 +233,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_json(v: &serde_json::Value) {
-    println!("{v:#}");
+    println!("{}", client::json_for_terminal(v, true));
 }
 
 async fn client_verb(cmd: Cmd) -> anyhow::Result<ExitCode> {
@@ -293,7 +293,7 @@ async fn client_verb(cmd: Cmd) -> anyhow::Result<ExitCode> {
             let json = a.json;
             c.monitor(|event, data| {
                 if json {
-                    println!("{data}");
+                    println!("{}", client::json_text_for_terminal(data));
                 } else {
                     println!("{}", client::format_event(event, data));
                 }

@@ -235,3 +235,32 @@ async fn a_client_that_posts_too_fast_gets_429_with_retry_after() {
     assert_eq!(h.status(), 200);
     cell.shutdown().await;
 }
+
+#[tokio::test]
+async fn names_with_control_characters_are_422_and_nothing_is_dialed() {
+    let (cell, _dir) = cell(None).await;
+    // Nothing listens on port 9 of loopback: a dial would be a 502.
+    for name in [
+        "evil\u{0}nul",
+        "evil\u{1b}[2Jesc",
+        "evil\r\nid: forged",
+        "evil\u{7}\u{7f}\u{9b}",
+        "lap\u{202e}pot",
+        "evil\u{0}\u{1b}[2J\r\nid\u{7}",
+    ] {
+        let body = serde_json::json!({ "cell_id": name, "ip": "127.0.0.1", "port": 8000,
+                                       "p2p_port": 9 })
+        .to_string();
+        let (status, v) = call(&cell, "POST", "/register", JSON, body, None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{name:?}: {v}");
+        let msg = v["error"].as_str().unwrap();
+        assert!(msg.contains("cell_id") && msg.contains("U+"), "{msg}");
+        assert!(!msg.chars().any(char::is_control), "the error echoes the character: {msg:?}");
+    }
+    let (_, p) = call(&cell, "GET", "/peers", None, Body::empty(), None).await;
+    assert_eq!(p["count"], 0, "{p}");
+    let (_, h) = call(&cell, "GET", "/health", None, Body::empty(), None).await;
+    assert_eq!(h["cell_id"], "router-test");
+    assert_eq!(h["consciousness_level"], 0.5);
+    cell.shutdown().await;
+}

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::config::{self, ConfigError, FileConfig, DEFAULT_HTTP_PORT};
+use crate::network::protocol::{escape_text, is_forbidden_char};
 
 /// How long a client waits for a cell's answer.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -172,7 +173,8 @@ impl Client {
             return Err(ClientError::Unauthorized);
         }
         if !status.is_success() {
-            let message = body.get("error").and_then(Value::as_str).unwrap_or("").to_owned();
+            let message =
+                escape_text(body.get("error").and_then(Value::as_str).unwrap_or("")).into_owned();
             return Err(ClientError::Status { status: status.as_u16(), message });
         }
         Ok(body)
@@ -312,12 +314,52 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// A field as text for the terminal: whatever the cell sent, control and
+/// bidi-override characters come out escaped (`\u{1b}`), so a hostile name
+/// cannot clear the screen, forge lines or reorder the text around it.
 fn text(v: &Value, key: &str) -> String {
     match v.get(key) {
-        Some(Value::String(s)) => s.clone(),
+        Some(Value::String(s)) => escape_text(s).into_owned(),
         Some(Value::Null) | None => "-".into(),
-        Some(other) => other.to_string(),
+        Some(other) => escape_text(&other.to_string()).into_owned(),
     }
+}
+
+/// The first string of the array `key`, escaped, or `-`.
+fn first_of(v: &Value, key: &str) -> String {
+    v.get(key)
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+        .and_then(Value::as_str)
+        .map_or_else(|| "-".to_owned(), |s| escape_text(s).into_owned())
+}
+
+/// JSON for the terminal (`--json`): serde_json escapes C0 controls itself;
+/// DEL, C1 controls and bidi overrides (only ever inside strings) become
+/// `\uXXXX` escapes too, so the output is the same JSON, inert on a terminal.
+pub fn json_for_terminal(v: &Value, pretty: bool) -> String {
+    let raw = if pretty { format!("{v:#}") } else { v.to_string() };
+    json_text_for_terminal(&raw)
+}
+
+/// [`json_for_terminal`] for JSON text as received (`monitor --json`):
+/// forbidden characters are written as `\uXXXX`, except the white space
+/// between tokens (valid JSON holds no raw control character in a string,
+/// and the others only inside strings).
+pub fn json_text_for_terminal(raw: &str) -> String {
+    let bad = |c: char| is_forbidden_char(c) && !matches!(c, '\n' | '\r' | '\t');
+    if !raw.chars().any(bad) {
+        return raw.to_owned();
+    }
+    let mut out = String::with_capacity(raw.len() + 8);
+    for c in raw.chars() {
+        if bad(c) {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `aios-cell health` as a readable block.
@@ -360,13 +402,7 @@ pub fn format_peers(v: &Value, this: Option<&Value>) -> String {
         "ADDRESS".into(),
     ]];
     if let Some(h) = this {
-        let addr = h
-            .get("listen_addrs")
-            .and_then(Value::as_array)
-            .and_then(|a| a.first())
-            .and_then(Value::as_str)
-            .unwrap_or("-")
-            .to_owned();
+        let addr = first_of(h, "listen_addrs");
         rows.push([
             format!("{} (this cell)", text(h, "cell_id")),
             "self".into(),
@@ -384,13 +420,7 @@ pub fn format_peers(v: &Value, this: Option<&Value>) -> String {
             .and_then(Value::as_f64)
             .map(|ms| format!("{ms:.1}ms"))
             .unwrap_or_else(|| "-".into());
-        let addr = p
-            .get("addresses")
-            .and_then(Value::as_array)
-            .and_then(|a| a.first())
-            .and_then(Value::as_str)
-            .unwrap_or("-")
-            .to_owned();
+        let addr = first_of(p, "addresses");
         let mut state = text(p, "state");
         if p.get("suspect").and_then(Value::as_bool) == Some(true) {
             state = "suspect".into();
@@ -471,13 +501,84 @@ pub fn format_event(event: &str, data: &str) -> String {
         "status" => format!(
             "status: {}{}, {} cell(s) alive",
             text(&v, "status"),
-            v.get("reason").and_then(Value::as_str).map(|r| format!(" ({r})")).unwrap_or_default(),
+            v.get("reason")
+                .and_then(Value::as_str)
+                .map(|r| format!(" ({})", escape_text(r)))
+                .unwrap_or_default(),
             text(&v, "peers_alive")
         ),
         "level_changed" => {
             format!("level_changed: {} {} -> {}", who(&v), text(&v, "old_level"), text(&v, "level"))
         }
         "shutdown" => format!("shutdown: {} is stopping", who(&v)),
-        _ => format!("{event}: {}", who(&v)),
+        _ => format!("{}: {}", escape_text(event), who(&v)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const HOSTILE: &str = "evil\u{0}\u{1b}[2J\r\nid\u{7}\u{9b}\u{7f}\u{202e}gnp.exe";
+
+    fn inert(out: &str) {
+        for c in out.chars() {
+            assert!(c == '\n' || !is_forbidden_char(c), "{c:?} printed raw in {out:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_names_are_printed_escaped() {
+        let health = json!({
+            "status": "degraded", "reason": HOSTILE, "cell_id": HOSTILE, "peer_id": "12D3",
+            "branch": HOSTILE, "consciousness_level": 0.5, "listen_addrs": [HOSTILE],
+        });
+        let out = format_health(&health);
+        inert(&out);
+        assert!(
+            out.contains("evil\\u{0}\\u{1b}[2J\\u{d}\\u{a}id\\u{7}\\u{9b}\\u{7f}\\u{202e}gnp.exe"),
+            "{out}"
+        );
+        assert_eq!(out.lines().count(), 6, "a name added lines: {out}");
+        let peers = json!({ "peers": [{
+            "cell_id": HOSTILE, "branch": HOSTILE, "state": "alive", "consciousness_level": 1,
+            "found_by": HOSTILE, "peer_id": HOSTILE, "addresses": [HOSTILE], "connected": true,
+        }]});
+        let out = format_peers(&peers, Some(&health));
+        inert(&out);
+        assert_eq!(out.lines().count(), 4, "a name added lines: {out}");
+        assert!(out.contains("\\u{202e}"), "{out}");
+        for (event, data) in [
+            ("joined", json!({ "cell_id": HOSTILE, "peer_id": HOSTILE })),
+            ("status", json!({ "status": HOSTILE, "reason": HOSTILE, "peers_alive": 1 })),
+            ("level_changed", json!({ "cell_id": HOSTILE, "old_level": HOSTILE, "level": 1 })),
+            ("snapshot", json!({ "local": { "cell_id": HOSTILE }, "peers": [] })),
+            (HOSTILE, json!({ "cell_id": HOSTILE })),
+        ] {
+            let out = format_event(event, &data.to_string());
+            inert(&out);
+            assert!(!out.contains('\n'), "{out}");
+        }
+        let join = json!({ "peer": { "cell_id": HOSTILE, "peer_id": HOSTILE } });
+        inert(&format_join(&join));
+        inert(&format_sync(&json!({ "new_level": HOSTILE })));
+    }
+
+    #[test]
+    fn json_output_stays_json_and_inert() {
+        let v = json!({ "cell_id": HOSTILE, "peers": [{ "branch": "büro-Δ-노트" }] });
+        for pretty in [true, false] {
+            let out = json_for_terminal(&v, pretty);
+            inert(&out);
+            let back: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(back, v);
+        }
+        let raw = v.to_string();
+        let out = json_text_for_terminal(&raw);
+        inert(&out);
+        assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), v);
+        // Ordinary names pass unchanged.
+        assert!(json_for_terminal(&json!({"c": "büro-Δ-노트"}), false).contains("büro-Δ-노트"));
     }
 }

@@ -233,7 +233,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_json(v: &serde_json::Value) {
-    println!("{v:#}");
+    println!("{}", client::json_for_terminal(v, true));
 }
 
 /// A client verb's answer: the cell's JSON, or `text` of it.
@@ -290,7 +290,7 @@ async fn client_verb(cmd: Cmd) -> anyhow::Result<ExitCode> {
             let json = a.json;
             c.monitor(|event, data| {
                 if json {
-                    println!("{data}");
+                    println!("{}", client::json_text_for_terminal(data));
                 } else {
                     println!("{}", client::format_event(event, data));
                 }

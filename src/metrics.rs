@@ -99,6 +99,10 @@ pub struct CellMetrics {
     pub probes: Family<ProbeLabels, Counter>,
     pub suspects_sent: Counter,
     pub beats_received: Counter,
+    /// UDP datagrams the beat task dropped, by `reason`: `length` (not a
+    /// beat's size or version), `unknown_subscription`, `bad_mac`, `replayed`
+    /// (a counter not above the last one).
+    pub beats_dropped: Family<ReasonLabel, Counter>,
     pub view_syncs: Counter,
     /// Local health (Lifeguard's awareness, memberlist's health score):
     /// 0 healthy, up to 4; probe timeouts are stretched by (1 + score).
@@ -125,6 +129,7 @@ impl CellMetrics {
             probes: Family::default(),
             suspects_sent: Counter::default(),
             beats_received: Counter::default(),
+            beats_dropped: Family::default(),
             view_syncs: Counter::default(),
             health_score: Gauge::default(),
             dropped_notifications: Counter::default(),
@@ -190,6 +195,11 @@ impl CellMetrics {
             "aios_beats_received",
             "Valid UDP beats received from the watched cell (its heartbeat, one per probe interval)",
             m.beats_received.clone(),
+        );
+        registry.register(
+            "aios_beats_dropped",
+            "UDP datagrams at the beat port dropped: wrong length, unknown subscription, bad MAC, replayed",
+            m.beats_dropped.clone(),
         );
         registry.register(
             "aios_view_syncs",

@@ -18,6 +18,7 @@ async fn cell(token: Option<&str>) -> (Cell, tempfile::TempDir) {
     (Cell::start(config).await.unwrap(), dir)
 }
 
+/// A request from a client on this machine (loopback), as the CLI sends it.
 async fn call(
     cell: &Cell,
     method: &str,
@@ -26,6 +27,24 @@ async fn call(
     body: impl Into<Body>,
     auth: Option<&str>,
 ) -> (StatusCode, Value) {
+    call_from(cell, LOCAL, method, path, content_type, body, auth).await
+}
+
+const LOCAL: &str = "127.0.0.1:40000";
+
+/// A request as if it came from `caller` (`MockConnectInfo`, as the server's
+/// `into_make_service_with_connect_info` provides it).
+async fn call_from(
+    cell: &Cell,
+    caller: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: impl Into<Body>,
+    auth: Option<&str>,
+) -> (StatusCode, Value) {
+    let caller: std::net::SocketAddr = caller.parse().unwrap();
+    let router = cell.api_router().layer(axum::extract::connect_info::MockConnectInfo(caller));
     let mut req = Request::builder().method(method).uri(path);
     if let Some(ct) = content_type {
         req = req.header(header::CONTENT_TYPE, ct);
@@ -33,7 +52,7 @@ async fn call(
     if let Some(a) = auth {
         req = req.header(header::AUTHORIZATION, a);
     }
-    let resp = cell.api_router().oneshot(req.body(body.into()).unwrap()).await.unwrap();
+    let resp = router.oneshot(req.body(body.into()).unwrap()).await.unwrap();
     let status = resp.status();
     let ct = resp.headers().get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap().to_owned());
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
@@ -233,5 +252,104 @@ async fn a_client_that_posts_too_fast_gets_429_with_retry_after() {
     // Reads are not limited.
     let h = http.get(format!("http://{}/health", cell.http_addr())).send().await.unwrap();
     assert_eq!(h.status(), 200);
+    cell.shutdown().await;
+}
+
+#[tokio::test]
+async fn names_with_control_characters_are_422_and_nothing_is_dialed() {
+    let (cell, _dir) = cell(None).await;
+    // Nothing listens on port 9 of loopback: a dial would be a 502.
+    for name in [
+        "evil\u{0}nul",
+        "evil\u{1b}[2Jesc",
+        "evil\r\nid: forged",
+        "evil\u{7}\u{7f}\u{9b}",
+        "lap\u{202e}pot",
+        "evil\u{0}\u{1b}[2J\r\nid\u{7}",
+    ] {
+        let body = serde_json::json!({ "cell_id": name, "ip": "127.0.0.1", "port": 8000,
+                                       "p2p_port": 9 })
+        .to_string();
+        let (status, v) = call(&cell, "POST", "/register", JSON, body, None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{name:?}: {v}");
+        let msg = v["error"].as_str().unwrap();
+        assert!(msg.contains("cell_id") && msg.contains("U+"), "{msg}");
+        assert!(!msg.chars().any(char::is_control), "the error echoes the character: {msg:?}");
+    }
+    let (_, p) = call(&cell, "GET", "/peers", None, Body::empty(), None).await;
+    assert_eq!(p["count"], 0, "{p}");
+    let (_, h) = call(&cell, "GET", "/health", None, Body::empty(), None).await;
+    assert_eq!(h["cell_id"], "router-test");
+    assert_eq!(h["consciousness_level"], 0.5);
+    cell.shutdown().await;
+}
+
+/// A loopback port where nothing listens (bound, then closed).
+fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn dialed(status: StatusCode, v: &Value) -> bool {
+    matches!(status, StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT)
+        && v["error"].as_str().is_some_and(|e| e.contains("unreachable") || e.contains("reach"))
+}
+
+#[tokio::test]
+async fn register_from_another_machine_without_token_dials_only_the_caller() {
+    let (cell, _dir) = cell(None).await;
+    let port = dead_port();
+    let third = serde_json::json!({ "cell_id": "x", "ip": "127.0.0.1", "port": 8000,
+                                    "p2p_port": port })
+    .to_string();
+    let third_ma = serde_json::json!({ "cell_id": "x", "ip": "192.0.2.7", "port": 8000,
+        "multiaddr": format!("/ip4/127.0.0.1/tcp/{port}") })
+    .to_string();
+    // A caller on the LAN naming a third party: refused, nothing dialed.
+    for body in [&third, &third_ma] {
+        let (status, v) =
+            call_from(&cell, "192.0.2.7:5555", "POST", "/register", JSON, body.clone(), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+        let msg = v["error"].as_str().unwrap();
+        assert!(msg.contains("192.0.2.7") && msg.contains("token"), "{msg}");
+        assert!(msg.contains("from that cell's machine"), "{msg}");
+    }
+    // The same from loopback (`aios-cell join`): dialed.
+    let (status, v) = call(&cell, "POST", "/register", JSON, third.clone(), None).await;
+    assert!(dialed(status, &v), "{status} {v}");
+    // A caller registering itself (its own IP) is dialed. 0.0.0.0 stands in for a
+    // non-loopback caller here: libp2p refuses to dial it, so no packet leaves.
+    let own = serde_json::json!({ "cell_id": "me", "ip": "0.0.0.0", "port": 8000,
+                                  "p2p_port": port })
+    .to_string();
+    let (status, v) = call_from(&cell, "0.0.0.0:5555", "POST", "/register", JSON, own, None).await;
+    assert!(dialed(status, &v), "{status} {v}");
+    assert!(v["error"].as_str().unwrap().contains("0.0.0.0"), "{v}");
+    // Registering the cell with itself: a no-op, no dial.
+    let (_, h) = call(&cell, "GET", "/health", None, Body::empty(), None).await;
+    let own_addr = h["listen_addrs"][0].as_str().unwrap().to_owned();
+    let me = serde_json::json!({ "cell_id": "me", "ip": "127.0.0.1", "port": 8000,
+                                 "multiaddr": own_addr })
+    .to_string();
+    let (status, v) = call_from(&cell, "192.0.2.7:5555", "POST", "/register", JSON, me, None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["status"], "self");
+    let (_, p) = call(&cell, "GET", "/peers", None, Body::empty(), None).await;
+    assert_eq!(p["count"], 0, "{p}");
+    cell.shutdown().await;
+}
+
+#[tokio::test]
+async fn register_with_the_token_may_name_a_third_party_from_anywhere() {
+    let (cell, _dir) = cell(Some("s3cret")).await;
+    let body = serde_json::json!({ "cell_id": "x", "ip": "127.0.0.1", "port": 8000,
+                                   "p2p_port": dead_port() })
+    .to_string();
+    let (status, v) =
+        call_from(&cell, "192.0.2.7:5555", "POST", "/register", JSON, body.clone(), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+    let (status, v) =
+        call_from(&cell, "192.0.2.7:5555", "POST", "/register", JSON, body, Some("Bearer s3cret"))
+            .await;
+    assert!(dialed(status, &v), "{status} {v}");
     cell.shutdown().await;
 }

@@ -23,6 +23,10 @@ pub enum Error {
     PayloadTooLarge(usize),
     #[error("missing or wrong bearer token: this cell requires `Authorization: Bearer <token>` for changes")]
     Unauthorized,
+    /// The caller may not ask for this (a third-party `/register` without
+    /// the token from another machine).
+    #[error("{0}")]
+    Forbidden(String),
     /// The request is right but the state forbids it.
     #[error("{0}")]
     Conflict(String),
@@ -42,6 +46,7 @@ impl Error {
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,

@@ -1,12 +1,15 @@
 //! Route handlers and the strict JSON body reader they share.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::rejection::ExtensionRejection;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
+use libp2p::multiaddr::Protocol;
+use libp2p::Multiaddr;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -223,6 +226,7 @@ fn valid_host(h: &str) -> bool {
 
 pub(super) async fn register(
     State(state): State<AppState>,
+    caller: Result<ConnectInfo<SocketAddr>, ExtensionRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, Error> {
@@ -231,6 +235,25 @@ pub(super) async fn register(
         return Err(Error::BadRequest("request body is empty".into()));
     };
     let target = check_register(&b)?;
+    let snap = state.handle.snapshot();
+    if is_own_address(&target, &snap.local.listen_addrs) {
+        // Registering the cell with itself: nothing to dial.
+        return Ok(Json(json!({
+            "status": "self",
+            "registered_cell_id": b.cell_id,
+            "peer": { "peer_id": snap.local.peer_id, "cell_id": snap.local.cell_id },
+        })));
+    }
+    // With a token, `authorize` has checked it: the caller may name anyone.
+    let caller = caller.ok().map(|ConnectInfo(addr)| addr.ip());
+    let own_ips: Vec<IpAddr> = snap
+        .local
+        .listen_addrs
+        .iter()
+        .filter_map(|a| a.parse::<Multiaddr>().ok())
+        .filter_map(|m| ip_and_port(&m).map(|(ip, _)| ip))
+        .collect();
+    may_dial(&target, caller, state.token.is_some(), &own_ips)?;
     let out = state.handle.register(target).await?;
     if out.cell_id != b.cell_id {
         tracing::info!(
@@ -271,6 +294,97 @@ pub fn check_register(b: &RegisterBody) -> Result<RegisterTarget, Error> {
         },
     };
     Ok(target)
+}
+
+/// The IP of a dial target given literally (`ip` or the multiaddr's first
+/// component), when the target can only reach that IP: no host name, no
+/// relay circuit.
+fn literal_ip(target: &RegisterTarget) -> Option<IpAddr> {
+    match target {
+        RegisterTarget::Host { host, .. } => {
+            host.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+        }
+        RegisterTarget::Multiaddr(m) => {
+            if m.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+                return None;
+            }
+            match m.iter().next()? {
+                Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+                Protocol::Ip6(ip) => Some(IpAddr::V6(ip).to_canonical()),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// The target's IP and TCP or UDP port, when literal.
+fn ip_and_port(m: &Multiaddr) -> Option<(IpAddr, u16)> {
+    let mut it = m.iter();
+    let ip = match it.next()? {
+        Protocol::Ip4(ip) => IpAddr::V4(ip),
+        Protocol::Ip6(ip) => IpAddr::V6(ip).to_canonical(),
+        _ => return None,
+    };
+    match it.next()? {
+        Protocol::Tcp(p) | Protocol::Udp(p) => Some((ip, p)),
+        _ => None,
+    }
+}
+
+/// True when `target` is one of this cell's own listen addresses (same IP
+/// and port): registering the cell with itself, which needs no dial.
+pub fn is_own_address(target: &RegisterTarget, listen_addrs: &[String]) -> bool {
+    let wanted = match target {
+        RegisterTarget::Host { host, port } => match host.parse::<IpAddr>() {
+            Ok(ip) => (ip.to_canonical(), *port),
+            Err(_) => return false,
+        },
+        RegisterTarget::Multiaddr(m) => {
+            if m.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+                return false;
+            }
+            match ip_and_port(m) {
+                Some(w) => w,
+                None => return false,
+            }
+        }
+    };
+    listen_addrs
+        .iter()
+        .filter_map(|a| a.parse::<Multiaddr>().ok())
+        .filter_map(|m| ip_and_port(&m))
+        .any(|own| own == wanted)
+}
+
+/// Whether a `/register` from `caller` may dial `target` (issue 17: the
+/// API is no port scanner). With the token, or from loopback (this
+/// machine's own user, as `aios-cell join`; also a client that reached the
+/// cell at one of its own addresses, `own_ips`), any target; otherwise
+/// only the caller's own IP, given literally: the caller registering
+/// itself, as the seed's discovery script does. A request that came through
+/// no socket (`caller` unknown) counts as another machine's.
+pub fn may_dial(
+    target: &RegisterTarget,
+    caller: Option<IpAddr>,
+    authenticated: bool,
+    own_ips: &[IpAddr],
+) -> Result<(), Error> {
+    let caller = caller.map(|ip| ip.to_canonical());
+    let this_machine = caller.is_some_and(|ip| ip.is_loopback() || own_ips.contains(&ip));
+    if authenticated || this_machine {
+        return Ok(());
+    }
+    if caller.is_some() && literal_ip(target) == caller {
+        return Ok(());
+    }
+    let from = caller.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
+    Err(Error::Forbidden(format!(
+        "without the API token, a request from another machine may only register the machine it \
+         comes from (this request came from {from}; give that IP as `ip`, or a multiaddr that \
+         starts with it). To register another cell, send `Authorization: Bearer <token>` (set \
+         AIOS_API_TOKEN on this cell), or send the request from that cell's machine, or from \
+         this cell's machine (loopback, e.g. `aios-cell join`)"
+    )))
 }
 
 /// Parses and validates a `POST /register` body as the route does (used by
@@ -390,4 +504,67 @@ pub(super) async fn events(
         .chain(last)
         .map(Ok);
     Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(h: &str) -> RegisterTarget {
+        RegisterTarget::Host { host: h.into(), port: 8001 }
+    }
+
+    fn ma(m: &str) -> RegisterTarget {
+        RegisterTarget::Multiaddr(m.parse().unwrap())
+    }
+
+    #[test]
+    fn a_remote_caller_without_token_may_register_only_itself() {
+        let caller: IpAddr = "192.168.1.20".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.168.1.20".parse().unwrap();
+        for c in [caller, mapped] {
+            assert!(may_dial(&host("192.168.1.20"), Some(c), false, &[]).is_ok());
+            assert!(may_dial(&ma("/ip4/192.168.1.20/tcp/8001"), Some(c), false, &[]).is_ok());
+            assert!(
+                may_dial(&ma("/ip4/192.168.1.20/udp/8001/quic-v1"), Some(c), false, &[]).is_ok()
+            );
+        }
+        for other in [
+            host("192.168.1.21"),
+            host("127.0.0.1"),
+            host("printer.local"),
+            ma("/ip4/192.168.1.21/tcp/22"),
+            ma("/dns4/example.com/tcp/8001"),
+            ma("/ip4/192.168.1.20/tcp/1/p2p/12D3KooWSVJWDfcSrPNXkrkYzCCRBDGg41a4zzPPXuAAVEyYibt5/p2p-circuit"),
+        ] {
+            let e = may_dial(&other, Some(caller), false, &[]).unwrap_err();
+            assert_eq!(e.status(), StatusCode::FORBIDDEN);
+            let msg = e.to_string();
+            assert!(msg.contains("192.168.1.20") && msg.contains("token"), "{msg}");
+            // The token, or loopback, lifts the limit.
+            assert!(may_dial(&other, Some(caller), true, &[]).is_ok());
+            assert!(may_dial(&other, Some("127.0.0.1".parse().unwrap()), false, &[]).is_ok());
+            assert!(may_dial(&other, Some("::1".parse().unwrap()), false, &[]).is_ok());
+            // A client on this machine that used one of its LAN addresses.
+            assert!(may_dial(&other, Some(caller), false, &[caller]).is_ok());
+        }
+        // No socket: not trusted.
+        assert!(may_dial(&host("192.168.1.20"), None, false, &[]).is_err());
+    }
+
+    #[test]
+    fn own_listen_addresses_are_recognised() {
+        let own = vec![
+            "/ip4/192.168.1.5/tcp/8001".to_owned(),
+            "/ip4/127.0.0.1/udp/8001/quic-v1".to_owned(),
+        ];
+        assert!(is_own_address(&host("192.168.1.5"), &own));
+        assert!(is_own_address(&ma("/ip4/127.0.0.1/udp/8001/quic-v1"), &own));
+        assert!(!is_own_address(
+            &RegisterTarget::Host { host: "192.168.1.5".into(), port: 22 },
+            &own
+        ));
+        assert!(!is_own_address(&host("192.168.1.6"), &own));
+        assert!(!is_own_address(&host("localhost"), &own));
+    }
 }

@@ -32,10 +32,14 @@ use std::time::{Duration, Instant};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, Stream, StreamProtocol};
 use libp2p_stream::{Control, OpenStreamError};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use siphasher::sip::SipHasher24;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::ReasonLabel;
 
 /// The subscription protocol id.
 pub const BEAT_PROTOCOL: StreamProtocol = StreamProtocol::new("/aios/beat/1.0.0");
@@ -214,14 +218,25 @@ pub struct BeatTask {
     pub interval: Duration,
     pub commands: mpsc::Receiver<BeatCommand>,
     pub events: mpsc::Sender<BeatEvent>,
+    /// `aios_beats_dropped_total{reason}`: datagrams dropped unread.
+    pub dropped: Family<ReasonLabel, Counter>,
 }
+
+/// Why a datagram at the beat port was dropped (the metric's `reason`).
+pub(crate) const DROP_REASONS: [&str; 4] =
+    ["length", "unknown_subscription", "bad_mac", "replayed"];
 
 impl BeatTask {
     /// Serves subscriptions (sends beats every `interval`), holds ours
     /// (checks the beats that come), and reports to the node. Ends on
     /// `shutdown` or when the node's channels close.
     pub async fn run(self, shutdown: CancellationToken) {
-        let BeatTask { socket, mut control, shared, view, interval, mut commands, events } = self;
+        let BeatTask { socket, mut control, shared, view, interval, mut commands, events, dropped } =
+            self;
+        // Every reason shows, 0 until something is dropped.
+        let drops =
+            DROP_REASONS.map(|reason| dropped.get_or_create(&ReasonLabel { reason }).clone());
+        let [drop_length, drop_unknown, drop_mac, drop_replayed] = drops;
         let socket = match UdpSocket::from_std(socket) {
             Ok(s) => s,
             Err(e) => {
@@ -304,17 +319,23 @@ impl BeatTask {
                 r = socket.recv_from(&mut buf) => {
                     let Ok((n, _from)) = r else { continue };
                     let at = Instant::now();
-                    let Some(w) = watching.as_mut() else { continue };
                     let data = &buf[..n];
-                    if Beat::sub_of(data) != Some(w.sub) {
+                    let Some(sub) = Beat::sub_of(data) else {
+                        drop_length.inc();
                         continue;
-                    }
+                    };
+                    let Some(w) = watching.as_mut().filter(|w| w.sub == sub) else {
+                        drop_unknown.inc();
+                        continue;
+                    };
                     let Some(beat) = Beat::decode(data, &w.key) else {
-                        tracing::debug!(peer = %w.peer, "a beat with a bad MAC; dropped");
+                        drop_mac.inc();
+                        tracing::trace!(peer = %w.peer, "a beat with a bad MAC; dropped");
                         continue;
                     };
                     // Counters only go up: a replayed beat says nothing.
                     if w.last_counter.is_some_and(|c| beat.counter <= c) {
+                        drop_replayed.inc();
                         continue;
                     }
                     w.last_counter = Some(beat.counter);

@@ -110,26 +110,79 @@ pub enum RecordError {
     TooLarge,
     #[error("not a valid CBOR record: {0}")]
     Decode(String),
+    /// A name holds a control or bidi-override character.
+    #[error(
+        "{field} must hold no control or bidi-override characters, but has {} at character {position}",
+        escape_char(*.ch)
+    )]
+    ForbiddenChar { field: &'static str, ch: char, position: usize },
+}
+
+/// Bidi overrides, isolates and marks: text that reorders what a terminal
+/// shows (names that spoof others visually).
+const BIDI_CONTROLS: [char; 12] = [
+    '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}', '\u{2068}',
+    '\u{2069}', '\u{200E}', '\u{200F}', '\u{061C}',
+];
+
+/// True for characters no name may hold and the CLI prints escaped: control
+/// characters (Unicode category Cc: C0, DEL, C1) and bidi overrides,
+/// isolates and marks.
+pub fn is_forbidden_char(c: char) -> bool {
+    c.is_control() || BIDI_CONTROLS.contains(&c)
+}
+
+/// `U+001B`-style name of a character, for messages.
+pub fn escape_char(c: char) -> String {
+    format!("U+{:04X}", u32::from(c))
+}
+
+/// `text` with every [`is_forbidden_char`] character written as a Rust-style
+/// escape (`\u{1b}`): safe to print to a terminal or a log line.
+pub fn escape_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(is_forbidden_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if is_forbidden_char(c) {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The first forbidden character of a name, as an error for `field`
+/// (`position` counts characters from 1).
+fn check_chars(field: &'static str, name: &str) -> Result<(), RecordError> {
+    match name.chars().enumerate().find(|(_, c)| is_forbidden_char(*c)) {
+        Some((i, ch)) => Err(RecordError::ForbiddenChar { field, ch, position: i + 1 }),
+        None => Ok(()),
+    }
 }
 
 /// The most characters a `cell_id` or `branch` may hold.
 pub const MAX_NAME_CHARS: usize = 128;
 
 /// Checks a `cell_id` as the configuration, the API and the wire take it:
-/// 1-128 characters, not only white space.
+/// 1-128 characters, not only white space, no control or bidi-override
+/// characters ([`is_forbidden_char`]).
 pub fn validate_cell_id(id: &str) -> Result<(), RecordError> {
     if id.trim().is_empty() || id.chars().count() > MAX_NAME_CHARS {
         return Err(RecordError::BadCellId);
     }
-    Ok(())
+    check_chars("cell_id", id)
 }
 
-/// Checks a `branch`: at most 128 characters.
+/// Checks a `branch`: at most 128 characters, no control or bidi-override
+/// characters.
 pub fn validate_branch(branch: &str) -> Result<(), RecordError> {
     if branch.chars().count() > MAX_NAME_CHARS {
         return Err(RecordError::BadBranch);
     }
-    Ok(())
+    check_chars("branch", branch)
 }
 
 /// Checks that a level is one a cell accepts: finite and non-negative.
@@ -418,5 +471,82 @@ mod tests {
             CellRecord::from_cbor(&vec![0u8; MAX_RECORD_BYTES + 1]),
             Err(RecordError::TooLarge)
         );
+    }
+
+    #[test]
+    fn names_with_control_or_bidi_characters_are_refused() {
+        let hostile = [
+            ('\0', "U+0000"),
+            ('\u{1b}', "U+001B"),
+            ('\r', "U+000D"),
+            ('\n', "U+000A"),
+            ('\t', "U+0009"),
+            ('\u{7}', "U+0007"),
+            ('\u{7f}', "U+007F"),
+            ('\u{80}', "U+0080"),
+            ('\u{9b}', "U+009B"),
+            ('\u{9f}', "U+009F"),
+            ('\u{202a}', "U+202A"),
+            ('\u{202b}', "U+202B"),
+            ('\u{202c}', "U+202C"),
+            ('\u{202d}', "U+202D"),
+            ('\u{202e}', "U+202E"),
+            ('\u{2066}', "U+2066"),
+            ('\u{2067}', "U+2067"),
+            ('\u{2068}', "U+2068"),
+            ('\u{2069}', "U+2069"),
+            ('\u{200e}', "U+200E"),
+            ('\u{200f}', "U+200F"),
+            ('\u{61c}', "U+061C"),
+        ];
+        for (c, name) in hostile {
+            let id = format!("ab{c}cd");
+            let e = validate_cell_id(&id).unwrap_err();
+            assert_eq!(e, RecordError::ForbiddenChar { field: "cell_id", ch: c, position: 3 });
+            let msg = e.to_string();
+            assert!(msg.contains(name) && msg.contains("cell_id") && msg.contains(" 3"), "{msg}");
+            assert!(!msg.contains(c), "the message itself holds the character: {msg:?}");
+            let e = validate_branch(&id).unwrap_err();
+            assert!(matches!(e, RecordError::ForbiddenChar { field: "branch", .. }), "{e}");
+            // Records from the network get the same check.
+            let mut r = record();
+            r.cell_id = id.clone();
+            assert!(matches!(
+                CellRecord::from_cbor(&r.to_cbor()),
+                Err(RecordError::ForbiddenChar { field: "cell_id", .. })
+            ));
+            let mut r = record();
+            r.branch = id;
+            assert!(matches!(
+                CellRecord::from_cbor(&r.to_cbor()),
+                Err(RecordError::ForbiddenChar { field: "branch", .. })
+            ));
+        }
+        let e = validate_cell_id("evil\u{0}\u{1b}[2J\r\nid\u{7}").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "cell_id must hold no control or bidi-override characters, but has U+0000 at \
+             character 5"
+        );
+    }
+
+    #[test]
+    fn ordinary_unicode_names_are_accepted() {
+        for name in ["büro-Δ-노트", "laptop", "café ☕", "مكتب", "שולחן", "机器-1", "a b", "x.y_z"]
+        {
+            assert_eq!(validate_cell_id(name), Ok(()), "{name}");
+            assert_eq!(validate_branch(name), Ok(()), "{name}");
+        }
+        assert_eq!(validate_branch(""), Ok(()));
+        let mut r = record();
+        r.cell_id = "büro-Δ-노트".into();
+        assert_eq!(CellRecord::from_cbor(&r.to_cbor()).unwrap(), r);
+    }
+
+    #[test]
+    fn escape_text_makes_hostile_text_inert() {
+        assert!(matches!(escape_text("büro-Δ-노트"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(escape_text("a\u{1b}[2J\r\n\u{202e}b"), "a\\u{1b}[2J\\u{d}\\u{a}\\u{202e}b");
+        assert!(!escape_text("\u{9b}31m\u{7f}").chars().any(is_forbidden_char));
     }
 }

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
 use libp2p_stream::Control;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -15,6 +17,7 @@ use super::beat::{BeatCommand, BeatEvent, BeatShared, BeatTask};
 use super::handle::resolve;
 use super::probe::{self, ProbeRequest, ProbeResult, Purpose};
 use crate::config::Config;
+use crate::metrics::ReasonLabel;
 
 /// Probe requests and results waiting between the node and the prober.
 const PROBE_CHANNEL: usize = 1024;
@@ -58,7 +61,12 @@ impl Tasks {
     /// `configured` peers each have at most one resolution in flight, so a
     /// channel that size never refuses one (a refused one would leave the
     /// peer waiting for an answer that never comes).
-    pub(crate) fn new(config: &Config, control: Control, configured: usize) -> Self {
+    pub(crate) fn new(
+        config: &Config,
+        control: Control,
+        configured: usize,
+        beats_dropped: Family<ReasonLabel, Counter>,
+    ) -> Self {
         let (probe_tx, probe_requests) = mpsc::channel(PROBE_CHANNEL);
         let (probe_results_tx, probe_results) = mpsc::channel(PROBE_CHANNEL);
         let (beat_tx, beat_commands) = mpsc::channel(BEAT_CHANNEL);
@@ -77,6 +85,7 @@ impl Tasks {
                     interval: probe_interval,
                     commands: beat_commands,
                     events: beat_events_tx,
+                    dropped: beats_dropped,
                 },
             )
         } else {

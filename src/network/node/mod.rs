@@ -148,7 +148,7 @@ impl Node {
         );
         let now = Instant::now();
         let control = swarm.behaviour().stream.new_control();
-        let tasks = Tasks::new(config, control, config.peers.len());
+        let tasks = Tasks::new(config, control, config.peers.len(), metrics.beats_dropped.clone());
         let live_config = liveness::Config {
             probe_interval: config.tuning.probe_interval(),
             probe_timeout: config.tuning.probe_timeout(),

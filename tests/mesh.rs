@@ -723,8 +723,15 @@ async fn records_relayed_with_forged_fields_or_signatures_are_refused() {
     }
     .signed(&forger_key)
     .unwrap();
-    let request = RegisterRequest { known, ..RegisterRequest::new(RequestKind::Hello, own) };
-    let mut request = Some(request);
+    // And one whose own record names it with terminal control characters.
+    let evil = CellRecord { cell_id: "evil\u{1b}[2J\r\nid".into(), seq: 2, ..own.clone() }
+        .signed(&forger_key)
+        .unwrap();
+    let mut requests = vec![
+        RegisterRequest::new(RequestKind::Hello, evil),
+        RegisterRequest { known, ..RegisterRequest::new(RequestKind::Hello, own) },
+    ];
+    let mut answered = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
@@ -732,14 +739,23 @@ async fn records_relayed_with_forged_fields_or_signatures_are_refused() {
             .expect("the cell answered the hello");
         match event {
             libp2p::swarm::SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == a_id => {
-                if let Some(r) = request.take() {
+                if let Some(r) = requests.pop() {
                     swarm.behaviour_mut().send_request(&a_id, r);
                 }
             }
             libp2p::swarm::SwarmEvent::Behaviour(request_response::Event::Message {
                 message: request_response::Message::Response { .. },
                 ..
-            }) => break,
+            }) => {
+                answered += 1;
+                match requests.pop() {
+                    Some(r) => {
+                        swarm.behaviour_mut().send_request(&a_id, r);
+                    }
+                    None if answered == 2 => break,
+                    None => {}
+                }
+            }
             libp2p::swarm::SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
                 error,
                 ..
@@ -755,7 +771,16 @@ async fn records_relayed_with_forged_fields_or_signatures_are_refused() {
     assert_eq!(row["state"], "left", "{row}");
     assert_eq!(row["consciousness_level"], 0.5, "the forged level was not taken: {row}");
     assert_ne!(row["seq"], u64::MAX / 2, "{row}");
-    // The forger itself is known by its own (signed, direct) record.
-    assert!(peers["peers"].as_array().unwrap().iter().any(|p| p["cell_id"] == "forger"), "{peers}");
+    // The forger itself is known by its own (signed, direct) record, never
+    // by the name with control characters.
+    let names: Vec<&str> =
+        peers["peers"].as_array().unwrap().iter().filter_map(|p| p["cell_id"].as_str()).collect();
+    assert!(names.contains(&"forger"), "{peers}");
+    assert!(!names.iter().any(|n| n.contains('\u{1b}')), "{peers}");
+    assert!(
+        metric(&a, r#"aios_registrations_total{kind="hello",direction="inbound",outcome="error"}"#)
+            .await
+            >= 1.0
+    );
     a.cell.shutdown().await;
 }

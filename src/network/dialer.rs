@@ -326,21 +326,13 @@ impl Dialer {
             addr: Some(addr.clone()),
             deadline: None,
         };
-        Some(match c.peer.or_else(|| peer_of(&addr)) {
-            Some(p) => Dial {
-                peer: Some(p),
-                addrs,
-                new_port: true,
-                while_connected: false,
-                pending: Some(pending),
-            },
-            None => Dial {
-                peer: None,
-                addrs: vec![addr],
-                new_port: true,
-                while_connected: false,
-                pending: Some(pending),
-            },
+        // Without a peer id the node dials the first address, whoever answers.
+        Some(Dial {
+            peer: c.peer.or_else(|| peer_of(&addr)),
+            addrs,
+            new_port: true,
+            while_connected: false,
+            pending: Some(pending),
         })
     }
 

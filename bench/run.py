@@ -190,6 +190,14 @@ def spawn(argv, **kw):
     return REAPER.proc(p)
 
 
+def run_input(argv, text, what, timeout=30):
+    """Runs `argv` with `text` on its stdin; raises BenchError with `what`
+    and its stderr if it fails."""
+    r = subprocess.run(argv, input=text, capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise BenchError(f"{what}: {r.stderr.strip()}")
+
+
 def run(argv, timeout=15, check=True):
     r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if check and r.returncode != 0:
@@ -259,10 +267,7 @@ class Lab:
             for i in range(1, self.n + 1):
                 lines = "".join(f"neigh replace {self.ip(j)} lladdr {self.mac(j)} dev eth0 nud permanent\n"
                                 for j in range(1, self.n + 1) if j != i)
-                r = subprocess.run(["ip", "-n", self.ns(i), "-batch", "-"], input=lines,
-                                   capture_output=True, text=True, timeout=30)
-                if r.returncode != 0:
-                    raise BenchError(f"static ARP in {self.ns(i)}: {r.stderr.strip()}")
+                run_input(["ip", "-n", self.ns(i), "-batch", "-"], lines, f"static ARP in {self.ns(i)}")
         log(f"lab {self.p}: {self.n} hosts on 10.{self.net[0]}.{self.net[1]}.0/24 "
             f"{'(static ARP) ' if self.static_arp else ''}in {time.monotonic() - t:.1f}s")
 
@@ -295,10 +300,7 @@ class Lab:
             f"    oifname \"eth0\" numgen random mod 1000 < {k} counter drop\n  }}\n"
             "}\n")
         for i in range(1, self.n + 1):
-            r = subprocess.run(["ip", "netns", "exec", self.ns(i), "nft", "-f", "-"], input=rules,
-                               capture_output=True, text=True, timeout=15)
-            if r.returncode != 0:
-                raise BenchError(f"nft in {self.ns(i)}: {r.stderr.strip()}")
+            run_input(["ip", "netns", "exec", self.ns(i), "nft", "-f", "-"], rules, f"nft in {self.ns(i)}")
         log(f"lab {self.p}: dropping {k}/1000 in each hook of every host's eth0 "
             f"(~{loss_pct(k):.1f} % one way)")
 

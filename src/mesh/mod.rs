@@ -280,15 +280,13 @@ impl MeshView {
         Self::set_state(row, peer, PeerState::Alive)
     }
 
-    /// The last connection to `peer` closed. Unless it said it was leaving,
-    /// it failed.
-    pub fn disconnected(&mut self, peer: PeerId) -> Option<Transition> {
-        let row = self.peers.get_mut(&peer)?;
-        row.entry.connected = false;
-        if row.entry.state == PeerState::Left {
-            return None;
+    /// The last connection to `peer` closed. That alone says nothing of
+    /// its state: cells hold links to a few neighbours only, and close the
+    /// others; the failure detector decides (a crash is checked by a dial).
+    pub fn disconnected(&mut self, peer: PeerId) {
+        if let Some(row) = self.peers.get_mut(&peer) {
+            row.entry.connected = false;
         }
-        Self::set_state(row, peer, PeerState::Failed)
     }
 
     /// `peer` stopped answering (ping failed, dial failed): failed, unless it left.
@@ -484,6 +482,16 @@ impl MeshView {
         self.peers.values().any(|r| r.is_hearsay() && !r.addrs.iter().any(&near))
     }
 
+    /// The cells alive in this view (this one excluded): the ring the
+    /// overlay is drawn on.
+    pub fn members(&self) -> BTreeSet<PeerId> {
+        self.peers
+            .iter()
+            .filter(|(_, r)| r.entry.state == PeerState::Alive)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
     /// Peers marked failed and not connected: candidates to redial.
     pub fn failed(&self) -> impl Iterator<Item = PeerId> + '_ {
         self.peers
@@ -547,6 +555,8 @@ mod tests {
         assert_eq!(m.forget(&live), Err(ForgetError::Alive));
         assert_eq!(m.forget(&gone), Err(ForgetError::Alive), "connected");
         m.disconnected(gone);
+        assert_eq!(m.forget(&gone), Err(ForgetError::Alive), "a closed link is no failure");
+        m.unreachable(gone);
         assert_eq!(m.forget(&gone), Ok(()));
         assert!(m.get(&gone).is_none());
         assert_eq!(m.forget(&gone), Err(ForgetError::Unknown));
@@ -556,6 +566,7 @@ mod tests {
         assert_eq!(m.merge(other, &r, FoundBy::Gossip, false).0, Merge::New);
         // Rows failed long ago are reaped; live ones never.
         m.disconnected(live);
+        m.unreachable(live);
         assert!(m.reap(1).is_empty(), "heard of after that");
         assert_eq!(m.reap(u64::MAX), vec![live]);
     }
@@ -574,6 +585,7 @@ mod tests {
             assert_eq!(m.merge(*p, &r, FoundBy::Mdns, true).0, Merge::Updated);
         }
         m.disconnected(failed);
+        m.unreachable(failed);
         let digest: Vec<_> = m.digest().collect();
         assert_eq!(digest.len(), 4, "every record held is in the digest");
         let held: HashMap<PeerId, u64> = [(same, 5), (newer, 7), (failed, 1)].into();
@@ -616,6 +628,7 @@ mod tests {
         assert_eq!((back.from, back.to), (Some(PeerState::Failed), PeerState::Alive));
         assert_eq!(m.rtt(p, Duration::from_millis(3)), None, "already alive");
         // Not once the connection is gone, and never a cell that left.
+        m.unreachable(p);
         m.disconnected(p);
         assert_eq!(m.rtt(p, Duration::from_millis(3)), None);
         assert_eq!(m.get(&p).unwrap().state, PeerState::Failed);
@@ -657,7 +670,7 @@ mod tests {
         spoof.cell_id = "mine".into();
         assert_eq!(m.merge(b, &spoof, FoundBy::Gossip, true).0, Merge::Conflict);
         // Once a has failed, a new peer may use the name.
-        m.disconnected(a);
+        m.unreachable(a);
         spoof.cell_id = "c".into();
         assert_eq!(m.merge(b, &spoof, FoundBy::Gossip, true).0, Merge::New);
         // a renaming itself frees nothing it does not hold.
@@ -698,19 +711,22 @@ mod tests {
     }
 
     #[test]
-    fn dropped_connection_fails_but_leave_stays_left() {
+    fn a_dropped_connection_is_no_failure_and_a_leave_stays_left() {
         let mut m = MeshView::default();
         let (a, b) = (PeerId::random(), PeerId::random());
         m.connected(a, None, FoundBy::Mdns);
         m.connected(b, None, FoundBy::Mdns);
         m.merge(a, &rec(1, 0.5), FoundBy::Mdns, true);
-        let t = m.disconnected(b).unwrap();
-        assert_eq!(t.to, PeerState::Failed);
+        m.disconnected(b);
+        let row = m.get(&b).unwrap();
+        assert_eq!((row.state, row.connected), (PeerState::Alive, false));
+        assert_eq!(m.members().len(), 2);
         let mut leave = rec(2, 0.5);
         leave.leaving = true;
         m.merge(a, &leave, FoundBy::Mdns, true);
-        assert_eq!(m.disconnected(a), None);
+        m.disconnected(a);
         assert_eq!(m.get(&a).unwrap().state, PeerState::Left);
+        assert_eq!(m.members().into_iter().collect::<Vec<_>>(), vec![b]);
         // A late connection does not revive it; its newer record after a
         // restart does.
         m.connected(a, None, FoundBy::Mdns);
@@ -725,6 +741,7 @@ mod tests {
         let p = PeerId::random();
         m.connected(p, None, FoundBy::Mdns);
         m.disconnected(p);
+        m.unreachable(p);
         m.merge(p, &rec(9, 1.0), FoundBy::Gossip, false);
         assert_eq!(m.get(&p).unwrap().state, PeerState::Failed);
         m.merge(p, &rec(10, 1.0), FoundBy::Gossip, true);
@@ -737,7 +754,7 @@ mod tests {
         let (a, b) = (PeerId::random(), PeerId::random());
         m.merge(a, &rec(1, 1.0), FoundBy::Gossip, true);
         m.merge(b, &rec(1, 4.0), FoundBy::Gossip, true);
-        m.disconnected(b);
+        m.unreachable(b);
         let s = Snapshot {
             local: LocalState {
                 cell_id: "me".into(),

@@ -4,7 +4,7 @@
 //! dials with their replies. Clock-free: it returns [`Dial`]s for the node
 //! to start and hears back how they went.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use libp2p::swarm::ConnectionId;
@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use super::addr::{dial_addrs, near, peer_of, with_hint};
 use super::handle::{CommandError, RegisterOutcome};
 use super::links::Links;
+use super::overlay;
 use crate::config::PeerAddr;
 use crate::mesh::{FoundBy, MeshView};
 
@@ -65,12 +66,31 @@ pub(crate) struct PendingDial {
     /// A `/register` dial is given up at this time (its caller is told
     /// the address is unreachable, before its own timeout says less).
     pub(crate) deadline: Option<Instant>,
+    /// A check of a neighbour whose connection closed: if it fails, the
+    /// cell is gone (see [`Dialer::verify`]).
+    pub(crate) verify: bool,
 }
 
 impl PendingDial {
     fn of(origin: FoundBy) -> Self {
-        PendingDial { origin, reply: None, config_index: None, addr: None, deadline: None }
+        PendingDial {
+            origin,
+            reply: None,
+            config_index: None,
+            addr: None,
+            deadline: None,
+            verify: false,
+        }
     }
+}
+
+/// What a failed dial was.
+#[derive(Debug, Default)]
+pub(crate) struct Failed {
+    /// The address it went to, if it was ours.
+    pub(crate) addr: Option<Multiaddr>,
+    /// It checked a neighbour whose connection closed: the cell is gone.
+    pub(crate) verify: bool,
 }
 
 /// What the tick asks for.
@@ -140,8 +160,11 @@ impl Dialer {
     /// smaller peer id dials, the other waits [`DIAL_YIELD`] for it. Half the
     /// handshakes, no duplicate to prune; when 50 cells start together that
     /// is what keeps the host's CPU from saturating.
-    pub(crate) fn may_dial(&mut self, peer: PeerId, now: Instant) -> bool {
-        if self.local < peer {
+    ///
+    /// A cell with no connection and no dial under way (joining) dials at
+    /// once: the cell it found may not know it.
+    pub(crate) fn may_dial(&mut self, peer: PeerId, now: Instant, links: &Links) -> bool {
+        if self.local < peer || (links.is_empty() && self.pending.is_empty()) {
             return true;
         }
         now >= *self.yield_until.entry(peer).or_insert(now + DIAL_YIELD)
@@ -182,6 +205,24 @@ impl Dialer {
         })
     }
 
+    /// The connection to a neighbour closed and we did not close it: was it
+    /// a crash, or did the neighbour close a link it no longer wants (its
+    /// view differs)? Dial it at once: a crashed process's port refuses
+    /// the dial within a round trip, and the node then fails the cell and
+    /// tells the mesh; a live one answers, and the link is back.
+    pub(crate) fn verify(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        links: &Links,
+    ) -> Option<Dial> {
+        let mut d = self.dial(peer, addrs, FoundBy::Gossip, links)?;
+        if let Some(p) = d.pending.as_mut() {
+            p.verify = true;
+        }
+        Some(d)
+    }
+
     /// A TCP link to a cell linked only over QUIC (see `Links::tcp_upgrades`).
     pub(crate) fn dial_tcp_beside(&self, peer: PeerId, tcp: Vec<Multiaddr>) -> Dial {
         Dial { peer: Some(peer), addrs: tcp, new_port: true, while_connected: true, pending: None }
@@ -205,6 +246,7 @@ impl Dialer {
                 config_index: None,
                 addr: Some(addr),
                 deadline: Some(deadline),
+                verify: false,
             }),
         }
     }
@@ -239,31 +281,46 @@ impl Dialer {
         mesh.get(peer).map(|e| e.found_by).unwrap_or(FoundBy::Gossip)
     }
 
-    /// Cells we believe alive (from mDNS or another cell's records) but are
-    /// not connected to: dial them (those [`Dialer::may_dial`] lets us).
+    /// Neighbours (see `overlay`) we believe alive (from mDNS or another
+    /// cell's records) but are not connected to: dial them (those
+    /// [`Dialer::may_dial`] lets us).
     pub(crate) fn dial_known(
         &mut self,
         now: Instant,
         mesh: &MeshView,
         links: &Links,
         nets: &[if_watch::IpNet],
+        neighbours: &BTreeSet<PeerId>,
     ) -> Vec<Dial> {
-        let candidates: Vec<_> =
-            mesh.unconnected_alive(HEARSAY_DIAL_AFTER, |a| near(nets, a)).collect();
+        let candidates: Vec<_> = mesh
+            .unconnected_alive(HEARSAY_DIAL_AFTER, |a| near(nets, a))
+            .filter(|(p, _)| neighbours.contains(p))
+            .collect();
         let mut out = Vec::new();
         for (peer, addrs) in candidates {
-            if self.may_dial(peer, now) {
+            if self.may_dial(peer, now, links) {
                 out.extend(self.dial(peer, addrs, Self::origin(mesh, &peer), links));
             }
         }
         out
     }
 
-    /// Every tick: failed cells redialed with backoff for a while (heals
-    /// partitions), and configured peers not connected.
+    /// Every tick: failed cells that would be our neighbours redialed with
+    /// backoff for a while (heals partitions: each failed cell is tried by
+    /// its few neighbours, not by every cell), and configured peers not
+    /// connected.
     pub(crate) fn on_tick(&mut self, now: Instant, mesh: &MeshView, links: &Links) -> Vec<Step> {
         let mut out = Vec::new();
-        for peer in mesh.failed() {
+        let members = mesh.members();
+        let failed: Vec<PeerId> = mesh
+            .failed()
+            .filter(|p| {
+                let mut with = members.clone();
+                with.insert(*p);
+                overlay::neighbours(self.local, &with).contains(p)
+            })
+            .collect();
+        for peer in failed {
             let r = self.retry.entry(peer).or_insert(Retry {
                 next: now,
                 backoff: RETRY_MIN,
@@ -325,6 +382,7 @@ impl Dialer {
             config_index: Some(index),
             addr: Some(addr.clone()),
             deadline: None,
+            verify: false,
         };
         // Without a peer id the node dials the first address, whoever answers.
         Some(Dial {
@@ -334,6 +392,11 @@ impl Dialer {
             while_connected: false,
             pending: Some(pending),
         })
+    }
+
+    /// The peer ids of configured peers we have reached.
+    pub(crate) fn configured_peers(&self) -> HashSet<PeerId> {
+        self.configured.iter().filter_map(|c| c.peer).collect()
     }
 
     /// The swarm took a dial: remember it under its connection id.
@@ -377,9 +440,8 @@ impl Dialer {
     }
 
     /// A dial failed: answer whoever waits, and explain a configured peer.
-    /// Returns the address it went to, if it was ours.
-    pub(crate) fn failed(&mut self, id: ConnectionId, reason: &str) -> Option<Multiaddr> {
-        let p = self.pending.remove(&id)?;
+    pub(crate) fn failed(&mut self, id: ConnectionId, reason: &str) -> Failed {
+        let Some(p) = self.pending.remove(&id) else { return Failed::default() };
         let target = p.addr.as_ref().map(|a| a.to_string()).unwrap_or_default();
         if let Some(reply) = p.reply {
             let _ = reply.send(Err(CommandError::Unreachable(with_hint(
@@ -395,7 +457,7 @@ impl Dialer {
             );
             tracing::warn!(retry_in = ?c.backoff, "{msg}");
         }
-        p.addr
+        Failed { addr: p.addr, verify: p.verify }
     }
 
     /// `peer` is alive again, or was found anew: redial it at once when
@@ -417,15 +479,25 @@ mod tests {
     fn the_smaller_peer_dials_at_once_the_larger_after_three_seconds() {
         let (small, large) = ordered_pair();
         let t0 = Instant::now();
+        // Both already hold a link to some third cell.
+        let linked = |me: PeerId| {
+            let mut l = Links::new(me);
+            let a = addrs(&["/ip4/10.0.0.3/tcp/8001"]);
+            l.established(PeerId::random(), ConnectionId::new_unchecked(9), true, false, &a[0], t0);
+            l
+        };
         let mut s = Dialer::new(small, &[], t0);
-        assert!(s.may_dial(large, t0));
+        assert!(s.may_dial(large, t0, &linked(small)));
         let mut l = Dialer::new(large, &[], t0);
-        assert!(!l.may_dial(small, t0));
-        assert!(!l.may_dial(small, t0 + MS(2999)));
-        assert!(l.may_dial(small, t0 + DIAL_YIELD));
+        let links = linked(large);
+        assert!(!l.may_dial(small, t0, &links));
+        assert!(!l.may_dial(small, t0 + MS(2999), &links));
+        assert!(l.may_dial(small, t0 + DIAL_YIELD, &links));
         // A connection clears the wait: next time it starts over.
         l.established(ConnectionId::new_unchecked(1), small, false);
-        assert!(!l.may_dial(small, t0 + MS(5000)));
+        assert!(!l.may_dial(small, t0 + MS(5000), &links));
+        // A cell with no link at all is joining: it dials at once.
+        assert!(Dialer::new(large, &[], t0).may_dial(small, t0, &Links::new(large)));
     }
 
     /// The times a failed cell is redialed in the first `until`.
@@ -437,6 +509,7 @@ mod tests {
         let addr: Multiaddr = "/ip4/10.0.0.2/tcp/8001".parse().expect("addr");
         mesh.connected(other, Some(&addr), FoundBy::Mdns);
         mesh.disconnected(other);
+        mesh.unreachable(other);
         let links = Links::new(me);
         let mut at = Vec::new();
         let mut t = Duration::ZERO;
@@ -497,7 +570,9 @@ mod tests {
         d.started(id, dial.pending.expect("tracked"));
         assert!(d.on_tick(t0 + MS(5000), &mesh, &links).is_empty(), "dialing");
         // The dial failed: retried after its backoff.
-        assert_eq!(d.failed(id, "refused"), Some(addrs(&["/ip4/10.0.0.9/tcp/8001"])[0].clone()));
+        let failed = d.failed(id, "refused");
+        assert_eq!(failed.addr, Some(addrs(&["/ip4/10.0.0.9/tcp/8001"])[0].clone()));
+        assert!(!failed.verify);
         assert_eq!(d.on_tick(t0 + MS(5000), &mesh, &links).len(), 1);
     }
 
@@ -549,8 +624,48 @@ mod tests {
             "{err}"
         );
         // The dial's own error, when it comes, finds nothing to answer.
-        assert_eq!(d.failed(id, "timed out"), None);
+        assert_eq!(d.failed(id, "timed out").addr, None);
         assert!(d.expired(t0 + MS(9000)).is_empty());
+    }
+
+    #[test]
+    fn a_failed_cell_is_redialed_only_by_the_cells_that_would_be_its_neighbours() {
+        let now = Instant::now();
+        let mut ids: Vec<PeerId> = (0..40).map(|_| PeerId::random()).collect();
+        ids.sort();
+        let addr: Multiaddr = "/ip4/10.0.0.2/tcp/8001".parse().expect("addr");
+        let gone = ids[20];
+        let mut redialers = 0;
+        for me in &ids {
+            if *me == gone {
+                continue;
+            }
+            let mut mesh = MeshView::new(*me, "me");
+            for p in ids.iter().filter(|p| *p != me) {
+                mesh.connected(*p, Some(&addr), FoundBy::Mdns);
+                mesh.disconnected(*p);
+            }
+            mesh.unreachable(gone);
+            let mut d = Dialer::new(*me, &[], now);
+            let steps = d.on_tick(now, &mesh, &Links::new(*me));
+            let all: BTreeSet<PeerId> = ids.iter().copied().collect();
+            let neighbour = overlay::neighbours(*me, &all).contains(&gone);
+            assert_eq!(steps.len(), usize::from(neighbour));
+            redialers += steps.len();
+        }
+        assert_eq!(redialers, overlay::max_neighbours(40));
+    }
+
+    #[test]
+    fn a_verification_dial_says_so_when_it_fails() {
+        let (me, other) = ordered_pair();
+        let now = Instant::now();
+        let mut d = Dialer::new(me, &[], now);
+        let a = addrs(&["/ip4/10.0.0.2/tcp/8001"]);
+        let dial = d.verify(other, a, &Links::new(me)).expect("a dial");
+        let id = ConnectionId::new_unchecked(3);
+        d.started(id, dial.pending.expect("tracked"));
+        assert!(d.failed(id, "Connection refused").verify);
     }
 
     #[test]

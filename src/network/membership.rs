@@ -114,6 +114,17 @@ impl<K: Hash + Eq + Copy> Membership<K> {
         self.exchanged.contains(peer)
     }
 
+    /// A request of ours to `peer` is in flight (or none went yet since it
+    /// connected): its link is not idle.
+    pub(crate) fn busy_with(&self, peer: &PeerId) -> bool {
+        !self.exchanged.contains(peer)
+            || self.in_flight.values().any(|r| match r {
+                Request::Hello { peer: p, .. } | Request::Sync { peer: p } => p == peer,
+                Request::Leave { peer: p } => p == peer,
+                Request::Suspect { to, .. } => to == peer,
+            })
+    }
+
     /// Connected cells we have not exchanged records with, and with no
     /// exchange in flight (the hello went out on a connection that was
     /// then closed): send them a hello.

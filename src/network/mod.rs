@@ -5,6 +5,8 @@
 //!
 //! - `node`: the loop (swarm, channels, timers) and the glue;
 //! - `links`: every connection, "connected?", pruning, TCP over QUIC;
+//! - `overlay`: which cells to keep links to (ring neighbours at ±3^k),
+//!   and which answer mDNS;
 //! - `dialer`: whom to dial and when, configured peers, `/register` dials;
 //! - `liveness/`: the failure detector (ring watch, suspicion, silent
 //!   close) and `liveness/health` (local health, Lifeguard's awareness);
@@ -32,6 +34,7 @@ mod liveness;
 mod local;
 mod membership;
 mod node;
+mod overlay;
 pub mod probe;
 pub mod protocol;
 mod publisher;

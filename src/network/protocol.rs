@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 /// Gossipsub topic every cell subscribes to.
 pub const TOPIC: &str = "aios/consciousness/1";
+/// Gossipsub topic of membership notices ([`Notice`]): suspicions and
+/// failures, spread to every cell whatever links it holds.
+pub const NOTICE_TOPIC: &str = "aios/membership/1";
 /// Request-response protocol for registration, record exchange and leave.
 pub const REGISTER_PROTOCOL: &str = "/aios/register/1.0.0";
 /// Kademlia protocol name: cells keep their own DHT, apart from IPFS's.
@@ -365,9 +368,63 @@ pub struct RegisterResponse {
     pub alive: Option<bool>,
 }
 
+/// A message on [`NOTICE_TOPIC`] (CBOR), signed by gossipsub as its
+/// author: "`suspect` at `incarnation` is suspected here" or, with
+/// `failed`, "is gone: its port refused my dial after its link closed".
+/// A record of the suspect with a `seq` above `incarnation` refutes either.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notice {
+    /// The suspect's peer id, base58.
+    pub suspect: String,
+    /// The `seq` of the suspect's newest record the author holds.
+    pub incarnation: u64,
+    #[serde(default)]
+    pub failed: bool,
+}
+
+/// Why a notice was refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum NoticeError {
+    #[error("notice is not valid CBOR: {0}")]
+    Decode(String),
+    #[error("notice names no valid peer id: {0}")]
+    PeerId(String),
+}
+
+impl Notice {
+    pub fn to_cbor(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96);
+        // Writing a plain struct to a Vec cannot fail.
+        let _ = ciborium::into_writer(self, &mut out);
+        out
+    }
+
+    /// Decodes a notice and the suspect it names.
+    pub fn from_cbor(bytes: &[u8]) -> Result<(Self, libp2p::PeerId), NoticeError> {
+        if bytes.len() > MAX_RECORD_BYTES {
+            return Err(NoticeError::Decode(format!("{} bytes", bytes.len())));
+        }
+        let n: Notice =
+            ciborium::from_reader(bytes).map_err(|e| NoticeError::Decode(e.to_string()))?;
+        let peer = n.suspect.parse().map_err(|_| NoticeError::PeerId(n.suspect.clone()))?;
+        Ok((n, peer))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_notice_round_trips_and_a_bad_one_says_why() {
+        let peer = libp2p::PeerId::random();
+        let n = Notice { suspect: peer.to_base58(), incarnation: 7, failed: true };
+        assert_eq!(Notice::from_cbor(&n.to_cbor()), Ok((n.clone(), peer)));
+        let bad = Notice { suspect: "not-a-peer".into(), ..n };
+        assert!(matches!(Notice::from_cbor(&bad.to_cbor()), Err(NoticeError::PeerId(_))));
+        assert!(matches!(Notice::from_cbor(b"\xff\x00"), Err(NoticeError::Decode(_))));
+        assert!(Notice::from_cbor(&vec![0u8; MAX_RECORD_BYTES + 1]).is_err());
+    }
 
     fn record() -> CellRecord {
         CellRecord {

@@ -53,8 +53,14 @@ pub(crate) struct Peers<'a> {
 }
 
 impl Peers<'_> {
+    /// Alive in the view and connected: a cell this one can probe.
     fn alive(&self, p: &PeerId) -> bool {
-        self.links.is_connected(p) && self.mesh.state_of(p) == Some(PeerState::Alive)
+        self.links.is_connected(p) && self.member(p)
+    }
+
+    /// Alive in the view, connected or not.
+    fn member(&self, p: &PeerId) -> bool {
+        self.mesh.state_of(p) == Some(PeerState::Alive)
     }
 
     /// The incarnation of `p` we know: the `seq` of its latest record.
@@ -73,6 +79,10 @@ pub(crate) enum Action {
     /// Tell `to` that `suspect` (at `incarnation`) is suspected here: it
     /// checks for itself and confirms, or, if it is the suspect, refutes.
     Notify { to: PeerId, suspect: PeerId, incarnation: u64 },
+    /// Tell the whole mesh, by gossip, that `suspect` (at `incarnation`)
+    /// is suspected here: every cell starts (or confirms) its suspicion,
+    /// those linked to it check it, and the suspect refutes.
+    Announce { suspect: PeerId, incarnation: u64 },
     /// Show `peer` as suspected (`on`) or not in `/peers`.
     Mark { peer: PeerId, on: bool },
     /// `peer` is failed: its suspicion timed out unrefuted.
@@ -201,7 +211,7 @@ impl Liveness {
         expired.sort();
         for peer in expired {
             let Some(s) = self.suspicions.remove(&peer) else { continue };
-            if !peers.alive(&peer) {
+            if !peers.member(&peer) {
                 continue;
             }
             tracing::debug!(%peer, confirmations = s.confirmations(), "suspicion timed out unrefuted; failing the cell");
@@ -400,9 +410,9 @@ impl Liveness {
         now: Instant,
         peers: Peers<'_>,
     ) -> &mut Suspicion {
-        // The cells that could confirm: every connected one but the suspect.
-        let others =
-            peers.links.count().saturating_sub(usize::from(peers.links.is_connected(&peer)));
+        // The cells that could confirm: every cell alive here but the
+        // suspect (suspicions and confirmations travel by gossip).
+        let others = peers.mesh.members().len().saturating_sub(1);
         let k = SUSPECT_K.min(others as u32);
         let stretch = 1 + self.health.score();
         let incarnation = peers.incarnation(&peer);
@@ -411,13 +421,16 @@ impl Liveness {
         })
     }
 
-    /// Notices of a suspicion of `peer` to every connected cell, the
-    /// suspect included (it refutes).
+    /// A suspicion of `peer` told to the whole mesh by gossip, and to every
+    /// connected cell, the suspect included, by a notice (their answers are
+    /// indirect probes; the suspect refutes).
     fn notify_all(&self, peer: PeerId, peers: Peers<'_>) -> Vec<Action> {
         let incarnation = self.suspicions.get(&peer).map_or(0, |s| s.incarnation);
         let mut to: Vec<PeerId> = peers.links.peers().collect();
         to.sort();
-        to.into_iter().map(|to| Action::Notify { to, suspect: peer, incarnation }).collect()
+        let mut out = vec![Action::Announce { suspect: peer, incarnation }];
+        out.extend(to.into_iter().map(|to| Action::Notify { to, suspect: peer, incarnation }));
+        out
     }
 
     /// The watched `peer` went silent (a beat overdue, a watch probe
@@ -481,10 +494,11 @@ impl Liveness {
         vec![Action::Mark { peer, on: true }]
     }
 
-    /// `from` suspects `suspect` (at `incarnation`, when it says). This
-    /// cell, suspected, refutes; otherwise it checks the suspect (the
-    /// node answers the notice with the result: an indirect probe) and
-    /// counts the confirmation. `own_seq` is this cell's incarnation.
+    /// `from` suspects `suspect` (at `incarnation`, when it says), by a
+    /// notice or by gossip. This cell, suspected, refutes; otherwise it
+    /// counts the confirmation and, when linked to the suspect, checks it
+    /// (the node answers a notice with the result: an indirect probe).
+    /// `own_seq` is this cell's incarnation.
     pub(crate) fn on_notice(
         &mut self,
         from: PeerId,
@@ -505,7 +519,7 @@ impl Liveness {
             self.refuted_at = Some(now);
             return vec![Action::Refute];
         }
-        if !self.probes(&suspect) || !peers.alive(&suspect) {
+        if !self.probes(&suspect) || !peers.member(&suspect) {
             return Vec::new();
         }
         if incarnation.is_some_and(|i| i < peers.incarnation(&suspect)) {
@@ -523,7 +537,9 @@ impl Liveness {
                 out.push(Action::Mark { peer: suspect, on: true });
             }
         }
-        out.push(self.probe(suspect, Purpose::Verify));
+        if peers.alive(&suspect) {
+            out.push(self.probe(suspect, Purpose::Verify));
+        }
         out
     }
 
@@ -559,9 +575,10 @@ impl Liveness {
     }
 
     /// The last connection to `peer` closed: forget what its links taught.
+    /// A suspicion of it runs on (cells are linked to a few neighbours;
+    /// the suspicion ends refuted or timed out, as anywhere in the mesh).
     pub(crate) fn disconnected(&mut self, peer: &PeerId) {
         self.silent_since.remove(peer);
-        self.suspicions.remove(peer);
         self.no_probe.remove(peer);
         self.no_beats.remove(peer);
     }

@@ -137,6 +137,10 @@ fn an_overdue_beat_suspects_the_cell_to_every_other_cell_and_verifies() {
         })
         .collect();
     assert_eq!(notified, b.others, "every connected cell is told, the suspect too (it refutes)");
+    assert!(
+        a.contains(&Action::Announce { suspect: next, incarnation: 0 }),
+        "and the whole mesh, by gossip"
+    );
     // The suspect and every other live cell are checked.
     let mut verified = probes(&a, Purpose::Verify);
     verified.sort();
@@ -387,4 +391,52 @@ fn an_overdue_beat_of_a_cell_no_longer_alive_suspects_nobody() {
     b.mesh.unreachable(next);
     assert!(b.overdue(1500).is_empty());
     assert_eq!(b.live.deadline(), None);
+}
+
+#[test]
+fn a_suspicion_heard_by_gossip_of_a_cell_not_linked_here_runs_without_a_probe_and_fails_it() {
+    let mut b = Bed::new(3, false);
+    // A cell alive in the view that this one holds no link to.
+    let far = PeerId::random();
+    let mut first = crate::network::protocol::CellRecord {
+        cell_id: "far".into(),
+        level: 0.5,
+        branch: "main".into(),
+        seq: 4,
+        at_ms: 0,
+        addrs: vec![],
+        agent: String::new(),
+        leaving: false,
+        envelope: None,
+    };
+    b.mesh.merge(far, &first, FoundBy::Gossip, true);
+    let (x, y, z) = (b.others[0], b.others[1], b.others[2]);
+    let a = b.notice(x, far, 0);
+    assert!(a.contains(&Action::Mark { peer: far, on: true }));
+    assert!(probes(&a, Purpose::Verify).is_empty(), "no link to it: nothing to probe");
+    assert!(b.live.is_suspected(&far));
+    // Two more cells confirm: the suspicion ends sooner than its 4 s, and
+    // fails it.
+    b.notice(y, far, 100);
+    b.notice(z, far, 200);
+    assert!(b.live.deadline().is_some_and(|d| d < b.at(4000)));
+    let failed = b.until(4000);
+    assert_eq!(fails(&failed), vec![far]);
+    // A newer record of it (the cell refuting, late) would have saved it.
+    let mut c = Bed::new(3, false);
+    c.mesh.merge(far, &first, FoundBy::Gossip, true);
+    c.notice(x, far, 0);
+    first.seq = 5;
+    c.mesh.merge(far, &first, FoundBy::Gossip, true);
+    assert_eq!(c.live.refuted(far, 5), vec![Action::Mark { peer: far, on: false }]);
+    assert!(fails(&c.until(10_000)).is_empty());
+}
+
+#[test]
+fn a_closed_link_does_not_end_a_suspicion() {
+    let mut b = Bed::new(3, false);
+    let (from, suspect) = (b.others[0], b.others[1]);
+    b.notice(from, suspect, 0);
+    b.live.disconnected(&suspect);
+    assert!(b.live.is_suspected(&suspect), "links close for many reasons; the suspicion runs on");
 }

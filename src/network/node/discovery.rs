@@ -192,7 +192,10 @@ impl Node {
             // cells): wait for the TCP record, which comes at once (the tick
             // dials whatever is known otherwise).
             let known = self.mesh.addrs_of(&peer);
-            if known.iter().any(crate::network::addr::is_tcp) && self.dialer.may_dial(peer, now) {
+            if known.iter().any(crate::network::addr::is_tcp)
+                && self.neighbours().contains(&peer)
+                && self.dialer.may_dial(peer, now, &self.links)
+            {
                 let dial = self.dialer.dial(peer, known, FoundBy::Mdns, &self.links);
                 self.start_dials(dial);
             }
@@ -227,6 +230,21 @@ impl Node {
         let gossipsub::Event::Message { propagation_source, message_id, message } = e else {
             return;
         };
+        if message.topic == self.overlay.notice_hash {
+            let verdict = match message.source {
+                Some(source) => self.on_notice_gossip(source, &message.data),
+                None => {
+                    self.reject("unsigned");
+                    gossipsub::MessageAcceptance::Reject
+                }
+            };
+            self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                &message_id,
+                &propagation_source,
+                verdict,
+            );
+            return;
+        }
         let verdict = match gossip::classify(self.local.peer, message.source, &message.data) {
             Incoming::Record(source, record) => {
                 // gossipsub checked that `source` signed the message; a

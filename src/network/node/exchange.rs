@@ -98,8 +98,13 @@ impl Node {
         // cell that started after the others sent mDNS only a query, which
         // tells nobody of it; its records are how the rest learn of it.
         if n > 0 {
-            let dials =
-                self.dialer.dial_known(Instant::now(), &self.mesh, &self.links, self.beyond.nets());
+            let dials = self.dialer.dial_known(
+                Instant::now(),
+                &self.mesh,
+                &self.links,
+                self.beyond.nets(),
+                &self.neighbours(),
+            );
             self.start_dials(dials);
         }
         Ok(n)

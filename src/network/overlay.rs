@@ -1,0 +1,162 @@
+//! Which cells this one keeps connections to, whatever the mesh's size:
+//! its ring neighbours. The cells alive in the view, this one included,
+//! sorted by peer id, form a ring; a cell links to the cells at ring
+//! distances ±1, ±3, ±9, ±27, … (powers of [`BASE`] below the ring's
+//! size). Any distance is a sum of at most one ± power of three per power
+//! (balanced ternary), so every cell reaches every other in at most
+//! `log₃ N` hops, and each holds at most `2·⌈log₃ N⌉` links: 10 up to 243
+//! cells, 12 up to 729. The relation is symmetric (b is at +d from a
+//! exactly when a is at −d from b), so two cells with the same view agree
+//! on whether their link should exist without asking each other. Up to
+//! [`FULL_MESH_UP_TO`] cells, every cell links to every other.
+//!
+//! Also: which cells answer mDNS for the mesh ([`RESPONDERS`]). Clock-free.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use libp2p::PeerId;
+
+/// Ring distances are powers of this.
+pub(crate) const BASE: usize = 3;
+/// Up to this many cells, every cell links to every other (as many links
+/// as the ring would give a few hundred cells, and the fastest way to
+/// notice a crash).
+pub(crate) const FULL_MESH_UP_TO: usize = 11;
+/// A link to a cell that is no neighbour (a join, a `/register`, a check,
+/// a neighbour no longer: the view changed) is closed once it is this old
+/// and idle: long enough for the record exchange it was made for, and for
+/// a view that changed for a moment to settle.
+pub(crate) const PRUNE_AFTER: Duration = Duration::from_secs(15);
+/// How many cells (the ones with the smallest peer ids) keep answering
+/// mDNS queries once they have joined; the others stop, so that a query
+/// costs a few answers, not one per cell. A newcomer that hears one answer
+/// learns the whole mesh from that cell's records.
+pub(crate) const RESPONDERS: usize = 3;
+
+/// The ring neighbours of `local` among `members` (this cell may or may
+/// not be among them; it never is in the result).
+pub(crate) fn neighbours(local: PeerId, members: &BTreeSet<PeerId>) -> BTreeSet<PeerId> {
+    let mut ring: Vec<PeerId> = members.iter().copied().collect();
+    let i = match ring.binary_search(&local) {
+        Ok(i) => i,
+        Err(i) => {
+            ring.insert(i, local);
+            i
+        }
+    };
+    let n = ring.len();
+    if n <= FULL_MESH_UP_TO {
+        return ring.into_iter().filter(|p| *p != local).collect();
+    }
+    let mut out = BTreeSet::new();
+    let mut d = 1;
+    while d < n {
+        out.insert(ring[(i + d) % n]);
+        out.insert(ring[(i + n - d) % n]);
+        d *= BASE;
+    }
+    out.remove(&local);
+    out
+}
+
+/// The most links [`neighbours`] gives a cell in a mesh of `n` cells.
+#[cfg(test)]
+pub(crate) fn max_neighbours(n: usize) -> usize {
+    if n <= FULL_MESH_UP_TO {
+        return n.saturating_sub(1);
+    }
+    let mut d = 1;
+    let mut k = 0;
+    while d < n {
+        k += 2;
+        d *= BASE;
+    }
+    k
+}
+
+/// Whether `local` is one of the [`RESPONDERS`] smallest of `members` and
+/// itself.
+pub(crate) fn is_responder(local: PeerId, members: &BTreeSet<PeerId>) -> bool {
+    members.range(..local).filter(|p| **p != local).take(RESPONDERS).count() < RESPONDERS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{HashMap, VecDeque};
+
+    fn ids(n: usize) -> Vec<PeerId> {
+        let mut v: Vec<PeerId> = (0..n).map(|_| PeerId::random()).collect();
+        v.sort();
+        v
+    }
+
+    /// Largest hop count from `from` to any cell over neighbour links.
+    fn eccentricity(from: PeerId, all: &BTreeSet<PeerId>) -> usize {
+        let mut dist = HashMap::from([(from, 0usize)]);
+        let mut queue = VecDeque::from([from]);
+        while let Some(p) = queue.pop_front() {
+            let d = dist[&p];
+            for q in neighbours(p, all) {
+                dist.entry(q).or_insert_with(|| {
+                    queue.push_back(q);
+                    d + 1
+                });
+            }
+        }
+        assert_eq!(dist.len(), all.len(), "the overlay must reach every cell");
+        dist.values().copied().max().unwrap_or(0)
+    }
+
+    #[test]
+    fn small_meshes_are_full_meshes() {
+        for n in 2..=FULL_MESH_UP_TO {
+            let all: BTreeSet<PeerId> = ids(n).into_iter().collect();
+            for p in &all {
+                assert_eq!(neighbours(*p, &all).len(), n - 1, "n = {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn links_are_bounded_symmetric_and_few_hops_long() {
+        for n in [12, 13, 30, 100, 200, 243, 250] {
+            let all: BTreeSet<PeerId> = ids(n).into_iter().collect();
+            let bound = max_neighbours(n);
+            assert!(bound <= 12, "n = {n}: {bound}");
+            let mut hops = 0;
+            for p in &all {
+                let mine = neighbours(*p, &all);
+                assert!(mine.len() <= bound, "n = {n}: {} links", mine.len());
+                assert!(!mine.contains(p));
+                for q in &mine {
+                    assert!(neighbours(*q, &all).contains(p), "n = {n}: not symmetric");
+                }
+                hops = hops.max(eccentricity(*p, &all));
+            }
+            // Balanced ternary: one ± power of three per digit.
+            let digits = (1..).find(|k| BASE.pow(*k) >= n).unwrap_or(1) as usize;
+            assert!(hops <= digits, "n = {n}: {hops} hops");
+        }
+    }
+
+    #[test]
+    fn a_cell_not_in_the_view_yet_gets_the_neighbours_it_would_have() {
+        let all = ids(40);
+        let (me, rest) = (all[17], all.iter().copied().filter(|p| *p != all[17]).collect());
+        let with: BTreeSet<PeerId> = all.iter().copied().collect();
+        assert_eq!(neighbours(me, &rest), neighbours(me, &with));
+    }
+
+    #[test]
+    fn the_three_smallest_cells_answer_mdns() {
+        let all = ids(10);
+        let set: BTreeSet<PeerId> = all.iter().copied().collect();
+        let answering: Vec<bool> = all.iter().map(|p| is_responder(*p, &set)).collect();
+        assert_eq!(answering, [true, true, true, false, false, false, false, false, false, false]);
+        // A cell that knows only larger cells answers.
+        let larger: BTreeSet<PeerId> = all[1..].iter().copied().collect();
+        assert!(is_responder(all[0], &larger));
+    }
+}

@@ -15,8 +15,9 @@
 
 mod discovery;
 mod exchange;
+mod neighbours;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,9 +43,8 @@ use crate::network::links::Links;
 use crate::network::liveness::{self, Liveness, Peers};
 use crate::network::local::{CloneNews, Local};
 use crate::network::membership::{Membership, Request};
-use crate::network::overlay;
 use crate::network::protocol::{
-    CellRecord, Notice, RegisterRequest, RegisterResponse, RequestKind, NOTICE_TOPIC, TOPIC,
+    CellRecord, RegisterRequest, RegisterResponse, RequestKind, NOTICE_TOPIC, TOPIC,
 };
 use crate::network::publisher::Publisher;
 use crate::network::tasks::{Tasks, Wiring};
@@ -94,19 +94,7 @@ pub struct Node {
     /// with its outcome: an indirect probe), and when each came.
     held_notices: HashMap<PeerId, Vec<(Instant, ResponseChannel<RegisterResponse>)>>,
     /// The overlay's side of the node: notices, pruned links, mDNS duty.
-    overlay: OverlayState,
-}
-
-/// What the node keeps for the overlay (see `overlay.rs`).
-struct OverlayState {
-    notice_topic: IdentTopic,
-    notice_hash: TopicHash,
-    /// Cells whose links we closed as no neighbours: their closing is no
-    /// news.
-    pruned: HashSet<PeerId>,
-    /// mDNS as configured (`None`: off), to start it again when this cell
-    /// becomes one of the cells that answer for the mesh.
-    mdns: Option<libp2p::mdns::Config>,
+    overlay: neighbours::OverlayState,
 }
 
 impl Node {
@@ -192,7 +180,7 @@ impl Node {
             exchange_every: config.tuning.exchange_interval(),
             rejoin,
             held_notices: HashMap::new(),
-            overlay: OverlayState {
+            overlay: neighbours::OverlayState {
                 notice_hash: notice_topic.hash(),
                 notice_topic,
                 pruned: HashSet::new(),
@@ -416,129 +404,6 @@ impl Node {
         self.prune_non_neighbours(now, &neighbours);
         self.mdns_duty();
         self.publisher.coalescer.tick();
-    }
-
-    // ---- the overlay ----------------------------------------------------
-
-    /// The cells this one keeps links to (see `overlay.rs`).
-    fn neighbours(&self) -> BTreeSet<PeerId> {
-        overlay::neighbours(self.local.peer, &self.mesh.members())
-    }
-
-    /// Closes links to cells that are no neighbours once they are
-    /// [`overlay::PRUNE_AFTER`] old: a join, a `/register`, a check, a
-    /// neighbour before the view changed. Configured peers, relays, cells
-    /// that do not speak our probes (another implementation), and cells
-    /// with an exchange under way keep theirs.
-    fn prune_non_neighbours(&mut self, now: Instant, neighbours: &BTreeSet<PeerId>) {
-        let configured = self.dialer.configured_peers();
-        let relays: HashSet<String> = self.beyond.relays().into_iter().collect();
-        let stale: Vec<PeerId> =
-            self.links
-                .peers()
-                .filter(|p| {
-                    !neighbours.contains(p)
-                        && !configured.contains(p)
-                        && self.liveness.probes(p)
-                        && !self.membership.busy_with(p)
-                        && !relays.contains(&p.to_base58())
-                        && self.links.of(p).iter().all(|l| {
-                            !l.relayed && now.duration_since(l.since) >= overlay::PRUNE_AFTER
-                        })
-                })
-                .collect();
-        for peer in stale {
-            tracing::debug!(%peer, "closing the link to a cell that is no neighbour");
-            self.overlay.pruned.insert(peer);
-            let _ = self.swarm.disconnect_peer_id(peer);
-        }
-    }
-
-    /// mDNS runs until this cell has joined, then only on the few cells
-    /// that answer for the mesh ([`overlay::RESPONDERS`]): a query costs a
-    /// few answers, not one per cell, and joined cells stop asking.
-    fn mdns_duty(&mut self) {
-        let Some(config) = self.overlay.mdns.clone() else { return };
-        let joined = !self.links.is_empty() && self.mesh.digest().next().is_some();
-        let want = !joined || overlay::is_responder(self.local.peer, &self.mesh.members());
-        let on = self.swarm.behaviour().mdns.is_enabled();
-        if want == on {
-            return;
-        }
-        if !want {
-            tracing::debug!("joined the mesh: mDNS off (other cells answer for it)");
-            self.swarm.behaviour_mut().mdns = None.into();
-            return;
-        }
-        match libp2p::mdns::tokio::Behaviour::new(config, self.local.peer) {
-            Ok(mut m) => {
-                use libp2p::core::transport::ListenerId;
-                use libp2p::swarm::{FromSwarm, NetworkBehaviour, NewListenAddr};
-                for addr in self.swarm.listeners() {
-                    let listener_id = ListenerId::next();
-                    m.on_swarm_event(FromSwarm::NewListenAddr(NewListenAddr { listener_id, addr }));
-                }
-                tracing::debug!("mDNS on: this cell answers for the mesh");
-                self.swarm.behaviour_mut().mdns = Some(m).into();
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start mDNS again; running without it");
-                self.overlay.mdns = None;
-            }
-        }
-    }
-
-    /// Publishes a membership notice on gossip.
-    fn announce(&mut self, suspect: PeerId, incarnation: u64, failed: bool) {
-        let notice = Notice { suspect: suspect.to_base58(), incarnation, failed };
-        let topic = self.overlay.notice_topic.clone();
-        match self.swarm.behaviour_mut().gossipsub.publish(topic, notice.to_cbor()) {
-            Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
-            Err(e) => tracing::debug!(error = %e, "publishing a notice failed"),
-        }
-    }
-
-    /// A membership notice from `source`, by gossip.
-    fn on_notice_gossip(&mut self, source: PeerId, data: &[u8]) -> gossipsub::MessageAcceptance {
-        let (notice, suspect) = match Notice::from_cbor(data) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!(%source, error = %e, "rejected a notice");
-                self.reject("invalid");
-                return gossipsub::MessageAcceptance::Reject;
-            }
-        };
-        if source == self.local.peer {
-            return gossipsub::MessageAcceptance::Ignore;
-        }
-        let now = Instant::now();
-        let held = self.mesh.seq_of(&suspect).unwrap_or(0);
-        let gone = notice.failed
-            && suspect != self.local.peer
-            && !self.links.is_connected(&suspect)
-            && notice.incarnation >= held;
-        if gone {
-            // Its neighbour's dial was refused after its link closed; a
-            // live cell refutes with a newer record.
-            let actions = self.liveness.heard(suspect);
-            self.live(actions);
-            let t = self.mesh.unreachable(suspect);
-            if t.is_some() {
-                tracing::debug!(%suspect, by = %source, "a neighbour of the cell says it is gone");
-            }
-            self.transition(t);
-        } else {
-            let actions = self.liveness.on_notice(
-                source,
-                suspect,
-                Some(notice.incarnation),
-                self.local.seq,
-                now,
-                Peers { links: &self.links, mesh: &self.mesh },
-            );
-            self.live(actions);
-        }
-        gossipsub::MessageAcceptance::Accept
     }
 
     // ---- liveness -------------------------------------------------------

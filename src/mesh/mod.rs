@@ -364,15 +364,21 @@ impl MeshView {
             row.entry.agent = Some(record.agent.clone());
         }
         row.entry.last_seen_ms = now_ms();
-        // Only the cell itself can say it is leaving.
-        let to = if record.leaving && direct {
+        // A record signed by its author (checked before it gets here) is
+        // the author's word wherever it comes from: a newer one says the
+        // cell was there after what we knew (a refutation that missed us
+        // by gossip, repaired by a sync), as SWIM's alive message with a
+        // higher incarnation does. An unsigned one (an older cell) counts
+        // only from the cell itself.
+        let authored = direct || record.envelope.is_some();
+        let to = if record.leaving && authored {
             PeerState::Left
-        } else if direct || row.entry.connected {
+        } else if authored || row.entry.connected {
             PeerState::Alive
         } else {
-            // A third party's news of a cell we are not connected to does not
-            // prove it is alive now; keep what we believed (new rows start alive
-            // and get dialed, which settles it).
+            // A third party's unsigned news of a cell we are not connected
+            // to does not prove it is alive now; keep what we believed (new
+            // rows start alive and get dialed, which settles it).
             row.entry.state
         };
         let merge = if known { Merge::Updated } else { Merge::New };
@@ -490,6 +496,27 @@ impl MeshView {
             .filter(|(_, r)| r.entry.state == PeerState::Alive)
             .map(|(p, _)| *p)
             .collect()
+    }
+
+    /// The cells the overlay's ring is drawn on: those alive, and those
+    /// failed but heard of within `recent_ms` before `now_ms` (a cell
+    /// failed for a moment keeps its place, so that its neighbours' links
+    /// do not all move and move back).
+    pub fn ring(&self, now_ms: u64, recent_ms: u64) -> BTreeSet<PeerId> {
+        self.peers
+            .iter()
+            .filter(|(_, r)| {
+                r.entry.state == PeerState::Alive
+                    || (r.entry.state == PeerState::Failed
+                        && now_ms.saturating_sub(r.entry.last_seen_ms) < recent_ms)
+            })
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Whether any other cell is alive in this view.
+    pub fn has_members(&self) -> bool {
+        self.peers.values().any(|r| r.entry.state == PeerState::Alive)
     }
 
     /// Peers marked failed and not connected: candidates to redial.
@@ -736,16 +763,27 @@ mod tests {
     }
 
     #[test]
-    fn third_party_news_does_not_revive_a_failed_cell() {
+    fn only_signed_third_party_news_revives_a_failed_cell() {
         let mut m = MeshView::default();
-        let p = PeerId::random();
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let p = key.public().to_peer_id();
         m.connected(p, None, FoundBy::Mdns);
         m.disconnected(p);
         m.unreachable(p);
         m.merge(p, &rec(9, 1.0), FoundBy::Gossip, false);
-        assert_eq!(m.get(&p).unwrap().state, PeerState::Failed);
+        assert_eq!(m.get(&p).unwrap().state, PeerState::Failed, "unsigned, from a third party");
         m.merge(p, &rec(10, 1.0), FoundBy::Gossip, true);
         assert_eq!(m.get(&p).unwrap().state, PeerState::Alive);
+        // Failed again; its newer signed record, relayed by a sync, revives it.
+        m.unreachable(p);
+        let signed = rec(11, 1.0).signed(&key).expect("signed");
+        m.merge(p, &signed, FoundBy::Gossip, false);
+        assert_eq!(m.get(&p).unwrap().state, PeerState::Alive);
+        // And its signed leave, relayed, says it left.
+        let mut bye = rec(12, 1.0);
+        bye.leaving = true;
+        m.merge(p, &bye.signed(&key).expect("signed"), FoundBy::Gossip, false);
+        assert_eq!(m.get(&p).unwrap().state, PeerState::Left);
     }
 
     #[test]

@@ -91,9 +91,15 @@ pub(crate) fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     })
 }
 
-/// The address without its `/p2p/<id>` parts.
+/// The address without its trailing `/p2p/<id>` (the peer's own). A
+/// circuit address keeps its relay's id (`…/p2p/<relay>/p2p-circuit`):
+/// without it the address is the relay's, and a dial reaches the relay.
 pub(crate) fn strip_p2p(addr: &Multiaddr) -> Multiaddr {
-    addr.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect()
+    let mut a = addr.clone();
+    while matches!(a.iter().last(), Some(Protocol::P2p(_))) {
+        a.pop();
+    }
+    a
 }
 
 /// Turns an IP and TCP port into a multiaddr.
@@ -193,6 +199,14 @@ mod tests {
         let m: Multiaddr = format!("/ip4/10.0.0.2/tcp/8001/p2p/{peer}").parse().expect("addr");
         assert_eq!(peer_of(&m), Some(peer));
         assert_eq!(strip_p2p(&m), addrs(&["/ip4/10.0.0.2/tcp/8001"])[0]);
+        let relay = "12D3KooWPTxbx3mYppet2XA9Fs2zUCW8hqCovwKsgTFAco2GVG7G";
+        let target = "12D3KooWJNProFJY5g7S1AmLhb5bKAZiWvUieEgJzTVqADoWNWB7";
+        let circuit: Multiaddr =
+            format!("/ip4/10.0.0.9/tcp/8001/p2p/{relay}/p2p-circuit/p2p/{target}").parse().unwrap();
+        assert_eq!(
+            strip_p2p(&circuit).to_string(),
+            format!("/ip4/10.0.0.9/tcp/8001/p2p/{relay}/p2p-circuit")
+        );
         assert!(is_tcp(&m) && !is_quic(&m) && !is_loopback(&m) && !is_relayed(&m));
     }
 }

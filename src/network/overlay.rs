@@ -13,7 +13,7 @@
 //! Also: which cells answer mDNS for the mesh ([`RESPONDERS`]). Clock-free.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 
@@ -27,12 +27,41 @@ pub(crate) const FULL_MESH_UP_TO: usize = 11;
 /// a neighbour no longer: the view changed) is closed once it is this old
 /// and idle: long enough for the record exchange it was made for, and for
 /// a view that changed for a moment to settle.
-pub(crate) const PRUNE_AFTER: Duration = Duration::from_secs(15);
+pub(crate) const PRUNE_AFTER: Duration = Duration::from_secs(5);
+/// A failed cell keeps its place in the ring for this long after it was
+/// last heard of: a cell failed for a moment (and revived by its refutation)
+/// moves nobody's links.
+pub(crate) const RING_KEEPS_FAILED: Duration = Duration::from_secs(30);
 /// How many cells (the ones with the smallest peer ids) keep answering
 /// mDNS queries once they have joined; the others stop, so that a query
 /// costs a few answers, not one per cell. A newcomer that hears one answer
 /// learns the whole mesh from that cell's records.
 pub(crate) const RESPONDERS: usize = 3;
+
+/// A cell starts mDNS at a random moment within this long after it
+/// starts, unless it has joined by then (through the cells it remembers).
+/// When a whole LAN of cells starts at once (a power cut ends), every
+/// cell that runs mDNS answers every query, and each answer reaches every
+/// such cell: N³ datagrams handled on the LAN at start. Spread out, the
+/// first cells find each other and stop, and each later one hears a few
+/// answers.
+pub(crate) const MDNS_SPREAD: Duration = Duration::from_secs(1);
+
+/// Whether mDNS should run now: while the cell knows no other cell, from
+/// `from` on; once it knows some (an mDNS answer is enough: every cell
+/// hears every answer), only on a `responder`.
+pub(crate) fn mdns_wanted(
+    now: Instant,
+    from: Instant,
+    knows_others: bool,
+    responder: bool,
+) -> bool {
+    if knows_others {
+        responder
+    } else {
+        now >= from
+    }
+}
 
 /// The ring neighbours of `local` among `members` (this cell may or may
 /// not be among them; it never is in the result).
@@ -147,6 +176,16 @@ mod tests {
         let (me, rest) = (all[17], all.iter().copied().filter(|p| *p != all[17]).collect());
         let with: BTreeSet<PeerId> = all.iter().copied().collect();
         assert_eq!(neighbours(me, &rest), neighbours(me, &with));
+    }
+
+    #[test]
+    fn mdns_waits_its_turn_runs_until_the_cell_knows_others_then_only_on_responders() {
+        let t0 = Instant::now();
+        let from = t0 + Duration::from_millis(300);
+        assert!(!mdns_wanted(t0, from, false, true), "not before its turn");
+        assert!(mdns_wanted(from, from, false, false), "on while it knows nobody");
+        assert!(!mdns_wanted(from, from, true, false), "off once it knows the mesh");
+        assert!(mdns_wanted(t0, from, true, true), "a responder answers for the mesh");
     }
 
     #[test]

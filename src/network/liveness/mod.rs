@@ -41,7 +41,8 @@ pub(crate) const SUSPECT_MIN: Duration = Duration::from_millis(500);
 pub(crate) const SUSPECT_MAX: Duration = Duration::from_secs(4);
 pub(crate) const SUSPECT_K: u32 = 3;
 /// A cell refutes suspicions of itself at most this often when the notice
-/// names no incarnation (an older implementation).
+/// names an older incarnation than its own (its refutation was lost on the
+/// way to the notice's author) or none (an older implementation).
 const REFUTE_GAP: Duration = Duration::from_millis(500);
 
 /// What the failure detector needs to know of the mesh: who is connected,
@@ -81,8 +82,10 @@ pub(crate) enum Action {
     Notify { to: PeerId, suspect: PeerId, incarnation: u64 },
     /// Tell the whole mesh, by gossip, that `suspect` (at `incarnation`)
     /// is suspected here: every cell starts (or confirms) its suspicion,
-    /// those linked to it check it, and the suspect refutes.
-    Announce { suspect: PeerId, incarnation: u64 },
+    /// those linked to it check it, and the suspect refutes. With
+    /// `failed`: this cell checked it and failed it; a live suspect that
+    /// hears it refutes, which revives it wherever it was failed.
+    Announce { suspect: PeerId, incarnation: u64, failed: bool },
     /// Show `peer` as suspected (`on`) or not in `/peers`.
     Mark { peer: PeerId, on: bool },
     /// `peer` is failed: its suspicion timed out unrefuted.
@@ -217,6 +220,17 @@ impl Liveness {
             tracing::debug!(%peer, confirmations = s.confirmations(), "suspicion timed out unrefuted; failing the cell");
             self.silent_since.insert(peer, now);
             out.push(Action::Fail(peer));
+            if s.confirmed_here {
+                // This cell's own check went unanswered: say so once more,
+                // so that a live cell whose refutation was lost on the way
+                // here hears it and refutes again (a newer record revives
+                // it wherever it was failed).
+                out.push(Action::Announce {
+                    suspect: peer,
+                    incarnation: s.incarnation,
+                    failed: false,
+                });
+            }
         }
         out
     }
@@ -428,7 +442,7 @@ impl Liveness {
         let incarnation = self.suspicions.get(&peer).map_or(0, |s| s.incarnation);
         let mut to: Vec<PeerId> = peers.links.peers().collect();
         to.sort();
-        let mut out = vec![Action::Announce { suspect: peer, incarnation }];
+        let mut out = vec![Action::Announce { suspect: peer, incarnation, failed: false }];
         out.extend(to.into_iter().map(|to| Action::Notify { to, suspect: peer, incarnation }));
         out
     }
@@ -451,7 +465,12 @@ impl Liveness {
         if fresh {
             out.push(Action::Mark { peer, on: true });
         }
-        if news {
+        // A cell that runs late itself (strain) may be the one that is
+        // slow: it keeps its suspicion to itself, checks again, and waits
+        // longer, rather than have the mesh act on doubtful evidence (on a
+        // saturated host, announced false suspicions, their confirmations
+        // and refutations are the load that starves the next probe).
+        if news && self.health.score() == 0 {
             out.extend(self.notify_all(peer, peers));
         }
         out.push(self.probe(peer, Purpose::Verify));
@@ -486,8 +505,16 @@ impl Liveness {
             }
             s.confirmed_here = true;
             s.confirm(local);
+            if self.health.score() > 0 {
+                return Vec::new();
+            }
             tracing::debug!(%peer, confirmations = s.confirmations(), "no answer here either: confirming the suspicion");
             return self.notify_all(peer, peers);
+        }
+        if self.health.score() > 0 {
+            // Checking whether this cell is cut off, while it runs late:
+            // its own delay is the likelier cause.
+            return Vec::new();
         }
         tracing::debug!(%peer, "no probe answer; suspecting the cell here");
         self.start(peer, local, now, peers).confirmed_here = true;
@@ -509,10 +536,12 @@ impl Liveness {
         peers: Peers<'_>,
     ) -> Vec<Action> {
         if suspect == self.local {
-            let stale = incarnation.is_some_and(|i| i < own_seq);
-            let recent = self.refuted_at.is_some_and(|t| now.duration_since(t) < REFUTE_GAP)
-                && incarnation.is_none();
-            if stale || recent {
+            // A notice naming an older incarnation comes from a cell that
+            // missed the refutation; one naming none, from an older cell.
+            // Both are answered at most once per gap.
+            let stale = incarnation.is_none_or(|i| i < own_seq);
+            let recent = self.refuted_at.is_some_and(|t| now.duration_since(t) < REFUTE_GAP);
+            if stale && recent {
                 return Vec::new();
             }
             tracing::debug!(by = %from, "another cell suspects this one: refuting");
@@ -541,6 +570,18 @@ impl Liveness {
             out.push(self.probe(suspect, Purpose::Verify));
         }
         out
+    }
+
+    /// Another cell says it failed this one. Wherever that took hold, only
+    /// a newer record revives this cell: refute (at most once per
+    /// [`REFUTE_GAP`]), whatever incarnation the notice names.
+    pub(crate) fn failed_here(&mut self, from: PeerId, now: Instant) -> Vec<Action> {
+        if self.refuted_at.is_some_and(|t| now.duration_since(t) < REFUTE_GAP) {
+            return Vec::new();
+        }
+        tracing::debug!(by = %from, "another cell failed this one: refuting");
+        self.refuted_at = Some(now);
+        vec![Action::Refute]
     }
 
     /// `peer` proved it is there (its answer to a probe or a notice, a new

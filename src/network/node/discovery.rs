@@ -200,6 +200,9 @@ impl Node {
                 self.start_dials(dial);
             }
         }
+        // Answers heard: this cell knows the mesh now, and stops answering
+        // unless it is one of the cells that answer for it.
+        self.mdns_duty(now);
     }
 
     /// Pings measure round trips (`rtt_ms`); probes judge liveness, except

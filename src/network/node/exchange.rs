@@ -77,6 +77,12 @@ impl Node {
             if p == peer || k.record.validate().is_err() {
                 continue;
             }
+            // Not newer than what we hold: merging would ignore it, so its
+            // signature is not worth checking (a hello at 200 cells carries
+            // 200 records, most of them known already).
+            if p != self.local.peer && self.mesh.seq_of(&p).is_some_and(|s| k.record.seq <= s) {
+                continue;
+            }
             // A record relayed by another cell counts only as its author
             // signed it: a relay cannot forge a cell's level, branch or
             // leave, nor a clone of us.

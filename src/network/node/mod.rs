@@ -161,6 +161,9 @@ impl Node {
             probe_timeout: config.tuning.probe_timeout(),
             beats: tasks.beats_on(),
         };
+        // mDNS starts at its turn (see `overlay::MDNS_SPREAD`); the
+        // behaviour built with the swarm has not run yet.
+        swarm.behaviour_mut().mdns = None.into();
         let node = Node {
             commands,
             topic_hash: topic.hash(),
@@ -184,6 +187,8 @@ impl Node {
                 notice_hash: notice_topic.hash(),
                 notice_topic,
                 pruned: HashSet::new(),
+                mdns_from: now
+                    + crate::network::overlay::MDNS_SPREAD.mul_f64(rand::random::<f64>()),
                 mdns: config.mdns.then(|| libp2p::mdns::Config {
                     query_interval: config.tuning.mdns_query_interval(),
                     ..libp2p::mdns::Config::default()
@@ -215,6 +220,7 @@ impl Node {
         loop {
             let due = self.publisher.coalescer.due().map(tokio::time::Instant::from_std);
             let beat_due = self.liveness.deadline().map(tokio::time::Instant::from_std);
+            let mdns_due = self.mdns_due().map(tokio::time::Instant::from_std);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(change) = next_interface_change(&mut interfaces) => self.on_interface(change),
@@ -227,6 +233,7 @@ impl Node {
                     }
                 }
                 _ = sleep_until(due) => self.publish(),
+                _ = sleep_until(mdns_due) => self.mdns_duty(Instant::now()),
                 _ = tick.tick() => self.on_tick(Instant::now()),
                 _ = probe_tick.tick() => self.probe_round(Instant::now()),
                 Some(result) = probe_results.recv() => self.on_probe(result),
@@ -402,7 +409,7 @@ impl Node {
             self.swarm.close_connection(c);
         }
         self.prune_non_neighbours(now, &neighbours);
-        self.mdns_duty();
+        self.mdns_duty(now);
         self.publisher.coalescer.tick();
     }
 
@@ -444,8 +451,8 @@ impl Node {
                     let id = self.swarm.behaviour_mut().register.send_request(&to, req);
                     self.membership.sent(id, Request::Suspect { to, suspect });
                 }
-                A::Announce { suspect, incarnation } => {
-                    self.announce(suspect, incarnation, false);
+                A::Announce { suspect, incarnation, failed } => {
+                    self.announce(suspect, incarnation, failed);
                 }
                 A::Mark { peer, on } => {
                     if self.mesh.set_suspect(peer, on) {
@@ -454,6 +461,9 @@ impl Node {
                 }
                 A::Fail(peer) => {
                     let t = self.mesh.unreachable(peer);
+                    if t.is_some() {
+                        tracing::info!(%peer, "a suspicion of the cell timed out unrefuted");
+                    }
                     self.transition(t);
                 }
                 A::Refute => {
@@ -758,8 +768,14 @@ impl Node {
                     .or_else(|| failed.addr.map(|a| a.to_string()))
                     .unwrap_or_default();
                 self.handshakes.explain(&remote, &failure);
-                if let Some(peer) = peer_id.filter(|p| !self.links.is_connected(p)) {
+                // Another cell at the address (it changed hands: a stale
+                // address) says nothing of the cell asked for.
+                let wrong = matches!(failure, handshake::Failure::WrongPeer { .. });
+                if let Some(peer) = peer_id.filter(|p| !wrong && !self.links.is_connected(p)) {
                     let t = self.mesh.unreachable(peer);
+                    if t.is_some() {
+                        tracing::info!(%peer, %failure, verify = failed.verify, "a dial of the cell failed");
+                    }
                     if failed.verify && t.is_some() {
                         // A neighbour's link closed and its port refuses:
                         // tell the mesh, which has no link to it.

@@ -22,12 +22,15 @@ pub(super) struct OverlayState {
     /// mDNS as configured (`None`: off), to start it again when this cell
     /// becomes one of the cells that answer for the mesh.
     pub(super) mdns: Option<libp2p::mdns::Config>,
+    /// When this cell's turn to start mDNS comes.
+    pub(super) mdns_from: Instant,
 }
 
 impl Node {
     /// The cells this one keeps links to (see `overlay.rs`).
     pub(super) fn neighbours(&self) -> BTreeSet<PeerId> {
-        overlay::neighbours(self.local.peer, &self.mesh.members())
+        let keep = overlay::RING_KEEPS_FAILED.as_millis() as u64;
+        overlay::neighbours(self.local.peer, &self.mesh.ring(crate::mesh::now_ms(), keep))
     }
 
     /// Closes links to cells that are no neighbours once they are
@@ -59,19 +62,23 @@ impl Node {
         }
     }
 
-    /// mDNS runs until this cell has joined, then only on the few cells
-    /// that answer for the mesh ([`overlay::RESPONDERS`]): a query costs a
-    /// few answers, not one per cell, and joined cells stop asking.
-    pub(super) fn mdns_duty(&mut self) {
+    /// mDNS runs until this cell knows another cell (one answer is
+    /// enough: it learns the rest from that cell's records), then only on
+    /// the few cells that answer for the mesh ([`overlay::RESPONDERS`]):
+    /// a query costs a few answers, not one per cell, and the others stop
+    /// asking.
+    pub(super) fn mdns_duty(&mut self, now: Instant) {
         let Some(config) = self.overlay.mdns.clone() else { return };
-        let joined = !self.links.is_empty() && self.mesh.digest().next().is_some();
-        let want = !joined || overlay::is_responder(self.local.peer, &self.mesh.members());
+        let members = self.mesh.members();
+        let responder = overlay::is_responder(self.local.peer, &members);
+        let want =
+            overlay::mdns_wanted(now, self.overlay.mdns_from, !members.is_empty(), responder);
         let on = self.swarm.behaviour().mdns.is_enabled();
         if want == on {
             return;
         }
         if !want {
-            tracing::debug!("joined the mesh: mDNS off (other cells answer for it)");
+            tracing::debug!("found the mesh: mDNS off (other cells answer for it)");
             self.swarm.behaviour_mut().mdns = None.into();
             return;
         }
@@ -91,6 +98,15 @@ impl Node {
                 self.overlay.mdns = None;
             }
         }
+    }
+
+    /// When mDNS is to start (its turn, see [`overlay::MDNS_SPREAD`]),
+    /// while it is off and this cell knows no other.
+    pub(super) fn mdns_due(&self) -> Option<Instant> {
+        let waiting = self.overlay.mdns.is_some()
+            && !self.swarm.behaviour().mdns.is_enabled()
+            && !self.mesh.has_members();
+        waiting.then_some(self.overlay.mdns_from)
     }
 
     /// Publishes a membership notice on gossip.
@@ -126,14 +142,17 @@ impl Node {
             && suspect != self.local.peer
             && !self.links.is_connected(&suspect)
             && notice.incarnation >= held;
-        if gone {
+        if notice.failed && suspect == self.local.peer {
+            let actions = self.liveness.failed_here(source, now);
+            self.live(actions);
+        } else if gone {
             // Its neighbour's dial was refused after its link closed; a
             // live cell refutes with a newer record.
             let actions = self.liveness.heard(suspect);
             self.live(actions);
             let t = self.mesh.unreachable(suspect);
             if t.is_some() {
-                tracing::debug!(%suspect, by = %source, "a neighbour of the cell says it is gone");
+                tracing::info!(%suspect, by = %source, "a neighbour of the cell says it is gone");
             }
             self.transition(t);
         } else {

@@ -27,7 +27,7 @@ pub(crate) const FULL_MESH_UP_TO: usize = 11;
 /// a neighbour no longer: the view changed) is closed once it is this old
 /// and idle: long enough for the record exchange it was made for, and for
 /// a view that changed for a moment to settle.
-pub(crate) const PRUNE_AFTER: Duration = Duration::from_secs(5);
+pub(crate) const PRUNE_AFTER: Duration = Duration::from_secs(15);
 /// A failed cell keeps its place in the ring for this long after it was
 /// last heard of: a cell failed for a moment (and revived by its refutation)
 /// moves nobody's links.

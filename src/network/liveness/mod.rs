@@ -45,6 +45,15 @@ pub(crate) const SUSPECT_K: u32 = 3;
 /// way to the notice's author) or none (an older implementation).
 const REFUTE_GAP: Duration = Duration::from_millis(500);
 
+/// Suspicion timeouts grow with the mesh beyond [`SIZE_STRETCH_FROM`]
+/// cells as `ln N / ln 20`: 1.54× at 100 cells, 1.77× at 200.
+pub(crate) const SIZE_STRETCH_FROM: usize = 20;
+
+fn size_stretch(cells: usize) -> f64 {
+    let n = cells.max(SIZE_STRETCH_FROM) as f64;
+    n.ln() / (SIZE_STRETCH_FROM as f64).ln()
+}
+
 /// What the failure detector needs to know of the mesh: who is connected,
 /// and who is alive.
 #[derive(Clone, Copy)]
@@ -428,10 +437,14 @@ impl Liveness {
         // suspect (suspicions and confirmations travel by gossip).
         let others = peers.mesh.members().len().saturating_sub(1);
         let k = SUSPECT_K.min(others as u32);
-        let stretch = 1 + self.health.score();
+        // Local health stretches the wait, and so does the mesh's size
+        // (as memberlist's `suspicionTimeout` grows with log N): a
+        // refutation crosses more gossip hops, on hosts that carry more.
+        let stretch = f64::from(1 + self.health.score()) * size_stretch(others + 1);
         let incarnation = peers.incarnation(&peer);
         self.suspicions.entry(peer).or_insert_with(|| {
-            Suspicion::new(by, incarnation, k, SUSPECT_MIN * stretch, SUSPECT_MAX * stretch, now)
+            let (min, max) = (SUSPECT_MIN.mul_f64(stretch), SUSPECT_MAX.mul_f64(stretch));
+            Suspicion::new(by, incarnation, k, min, max, now)
         })
     }
 

@@ -465,3 +465,12 @@ fn a_cell_that_fails_a_cell_it_checked_says_so_and_a_live_one_refutes_it() {
     assert!(c.live.failed_here(b.me, c.at(100)).is_empty());
     assert_eq!(c.live.failed_here(b.me, c.at(600)), vec![Action::Refute]);
 }
+
+#[test]
+fn suspicion_timeouts_grow_slowly_with_the_mesh() {
+    assert_eq!(super::size_stretch(3), 1.0);
+    assert_eq!(super::size_stretch(20), 1.0);
+    let (at100, at200) = (super::size_stretch(100), super::size_stretch(200));
+    assert!((1.5..1.6).contains(&at100), "{at100}");
+    assert!((1.7..1.8).contains(&at200), "{at200}");
+}

@@ -15,6 +15,10 @@ use crate::network::gossip::{self, Incoming};
 use crate::network::BehaviourEvent;
 use libp2p::metrics::Recorder;
 
+/// How many times a cell publishes its record as cells first subscribe to
+/// the record topic: the first subscriber may not have a gossip mesh yet.
+const ANNOUNCE_ON_JOIN: u8 = 2;
+
 impl Node {
     pub(super) fn on_behaviour(&mut self, event: BehaviourEvent, now: Instant) {
         match event {
@@ -230,6 +234,16 @@ impl Node {
     }
 
     pub(super) fn on_gossip(&mut self, e: gossipsub::Event) {
+        if let gossipsub::Event::Subscribed { topic, .. } = &e {
+            // A cell's record reaches the mesh by gossip only once some
+            // cell listens: announce it to the first ones that do (records
+            // otherwise spread by exchanges, a hop per exchange).
+            if *topic == self.topic_hash && self.overlay.announced < ANNOUNCE_ON_JOIN {
+                self.overlay.announced += 1;
+                self.publish_own("joining: the first cells subscribed");
+            }
+            return;
+        }
         let gossipsub::Event::Message { propagation_source, message_id, message } = e else {
             return;
         };

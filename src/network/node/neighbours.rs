@@ -24,6 +24,8 @@ pub(super) struct OverlayState {
     pub(super) mdns: Option<libp2p::mdns::Config>,
     /// When this cell's turn to start mDNS comes.
     pub(super) mdns_from: Instant,
+    /// How often this cell published its record as cells first subscribed.
+    pub(super) announced: u8,
 }
 
 impl Node {

@@ -12,6 +12,13 @@ per host:
   h. false failures (with --loss, or --only false): every node left up for
      --false-window seconds after convergence; each time an observer marks a
      live peer failed, and until it is alive again (issue 13)
+  and connections per cell (GET /peers rows with "connected": true, max and
+     median over the cells) after convergence and after the idle window.
+
+Convergence is membership (issue 14): every host lists every other `alive`.
+A cell holds a bounded set of connections (<= 16) and learns of the rest by
+gossip, so "alive" with "connected": false is normal and is not waited for.
+Timeouts not given on the command line scale with N above N=50 (opts_for).
 
 `--loss K` makes the LAN lossy for both systems: after the lab is built,
 every host drops K/1000 at random in the input and output hooks of its eth0
@@ -46,6 +53,7 @@ wrk are optional (their rows read n/a without them).
 
 import argparse
 import atexit
+import copy
 import datetime
 import json
 import math
@@ -392,6 +400,9 @@ class Gate:
         """Waits until every process blocks on the FIFO, opens it (all start),
         and returns the monotonic time of that moment."""
         deadline = time.monotonic() + timeout
+        # Each check reads a /proc file per process: at N=200 every 5 ms
+        # would take CPU from the processes just released.
+        step = 0.005 if len(procs) <= 50 else 0.05
         while True:
             dead = [p.pid for p in procs if p.poll() is not None]
             if dead:
@@ -401,7 +412,7 @@ class Gate:
                 break
             if time.monotonic() > deadline:
                 raise BenchError(f"only {waiting}/{len(procs)} processes reached the start gate")
-            time.sleep(0.01)
+            time.sleep(2 * step)
         # Non-blocking: with readers waiting this succeeds; it cannot hang.
         fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
         t0 = time.monotonic()
@@ -411,7 +422,7 @@ class Gate:
                 if all(self._read(p.pid, "comm") not in ("sh", None) or p.poll() is not None
                        for p in procs):
                     break
-                time.sleep(0.005)
+                time.sleep(step)
         finally:
             os.close(fd)
         return t0
@@ -706,13 +717,19 @@ class CellSide:
         self.logs = {}
         self.peer_id = {}
         # Per host: (connected, alive) it last reported, and since when the
-        # host has seen all others alive and connected (None if not now).
+        # host has seen all others alive (None if not now). Connected is not
+        # required: a cell holds a bounded set of connections (its ring
+        # neighbours and a few short-lived ones) and learns of the rest by
+        # gossip, so `alive` with `connected: false` is the normal case.
         self.counts = {}
         self.ok_since = {}
-        # Since when the host has seen all others alive, connected or not
-        # (membership alone, which is how Serf's convergence is measured).
-        self.alive_since = {}
+        # The hosts whose ok_since is set (so converged() is cheap: it is
+        # evaluated on every event, and N=200 makes tens of thousands).
+        self.ok_hosts = set()
         self.bound = {}
+        # Per host: rows with "connected": true in its last GET /peers.
+        self.conns = {}
+        self._host_of = ({}, 0)
         # Event streams that ended without our asking: (host, why).
         self.closed = []
         self.expected = lab.n
@@ -737,25 +754,24 @@ class CellSide:
             c = (data.get("peers", 0), data.get("peers_alive", 0))
         elif kind == "sse_closed":
             self.counts.pop(h, None)
-            self.ok_since[h] = None
+            self._not_ok(h)
             self.closed.append((h, rec.get("why")))
             return
         else:
             return
         self.counts[h] = c
-        need = self.expected - 1
-        if c[1] >= need:
-            if self.alive_since.get(h) is None:
-                self.alive_since[h] = rec["t"]
-        else:
-            self.alive_since[h] = None
-        if c[0] >= need and c[1] >= need:
+        if c[1] >= self.expected - 1:
             if self.ok_since.get(h) is None:
                 self.ok_since[h] = rec["t"]
+                self.ok_hosts.add(h)
                 # The stream opened after the fact: the time is an upper bound.
                 self.bound[h] = kind == "snapshot"
         else:
-            self.ok_since[h] = None
+            self._not_ok(h)
+
+    def _not_ok(self, h):
+        self.ok_since[h] = None
+        self.ok_hosts.discard(h)
 
     def _cmd(self, i):
         d = os.path.join(self.workdir, f"c{i}")
@@ -778,59 +794,122 @@ class CellSide:
         p = spawn(full, env=env, stdout=logf, stderr=logf)
         logf.close()
         self.procs[i] = p
-        self.ok_since[i] = None
+        with self.feed.cv:
+            self._not_ok(i)
         return p
 
     def follow(self, i, retry_for=60.0):
         self.poller.sse(i, self.url(i, "/events"), retry_for)
 
+    # Up to this N the event streams are opened with the processes and retry
+    # (every 4 ms, then 20 ms) until each cell listens, so a mesh that
+    # converges in milliseconds is still seen converging. Above it, N
+    # followers retrying that fast would take a core from N starting cells,
+    # so each stream is opened once its cell listens (read from the cell's
+    # own /proc/PID/net/tcp*, no traffic), checked every LISTEN_POLL s.
+    EAGER_FOLLOW_MAX = 50
+    LISTEN_POLL = 0.1
+
+    def _listening(self, i):
+        """Whether host i's cell has its HTTP port in LISTEN (from /proc:
+        the table of the process's own namespace)."""
+        port = f":{CELL_HTTP_PORT:04X} "
+        pid = self.procs[i].pid
+        for f in ("tcp", "tcp6"):
+            try:
+                with open(f"/proc/{pid}/net/{f}") as fh:
+                    next(fh, None)
+                    for line in fh:
+                        parts = line.split()
+                        # local_address is parts[1]; st (0A = LISTEN) parts[3].
+                        if len(parts) > 3 and parts[3] == "0A" and (parts[1] + " ").endswith(port):
+                            return True
+            except OSError:
+                pass
+        return False
+
+    def _follow_when_listening(self, hosts, timeout):
+        """Opens each host's event stream once its cell listens; bounded."""
+        left = list(hosts)
+        deadline = time.monotonic() + timeout
+        while left and time.monotonic() < deadline:
+            still = []
+            for i in left:
+                if self.procs[i].poll() is not None:
+                    continue
+                if self._listening(i):
+                    self.follow(i)
+                else:
+                    still.append(i)
+            left = still
+            if left:
+                time.sleep(self.LISTEN_POLL)
+        for i in left:  # not seen listening: fall back to the retrying follower
+            self.follow(i)
+
     def start_all(self):
         gate = Gate(self.workdir)
-        hosts = range(1, self.lab.n + 1)
+        hosts = list(range(1, self.lab.n + 1))
         for i in hosts:
             self._spawn(i, gate)
-        # The SSE followers retry until each cell listens; a cell answers
-        # /events with a snapshot first, so nothing is missed either way.
-        for i in hosts:
-            self.follow(i)
-        return gate.release([self.procs[i] for i in hosts])
+        if self.lab.n <= self.EAGER_FOLLOW_MAX:
+            # The SSE followers retry until each cell listens; a cell answers
+            # /events with a snapshot first, so nothing is missed either way.
+            for i in hosts:
+                self.follow(i)
+            return gate.release([self.procs[i] for i in hosts])
+        t0 = gate.release([self.procs[i] for i in hosts], timeout=max(10.0, self.lab.n / 10))
+        threading.Thread(target=self._follow_when_listening, args=(hosts, 60.0),
+                         daemon=True).start()
+        return t0
 
     def converged(self, hosts):
-        return all(self.ok_since.get(h) is not None for h in hosts)
+        return self.ok_hosts.issuperset(hosts)
 
     def seen_count(self, h):
-        """Peers host h has alive and connected (by its last counts)."""
+        """Peers host h has alive (by its last counts), connected or not."""
         with self.feed.cv:
             c = self.counts.get(h)
-        return min(c) if c else 0
+        return c[1] if c else 0
 
     def convergence_times(self, hosts):
         return {h: self.ok_since[h] for h in hosts}, [h for h in hosts if self.bound.get(h)]
 
-    def alive_times(self, hosts):
-        return {h: self.alive_since.get(h) for h in hosts}
+    def http_timeout(self):
+        # A /peers answer of N rows, N of them at once through one poller.
+        return 5.0 + self.lab.n / 20.0
 
     def verify(self, hosts, victim=None, state="alive"):
         """End state from GET /peers: each host lists every other of `hosts`
-        alive and connected, or (with a victim host) lists the victim in `state`.
+        alive (connected or not: connections are bounded, membership is
+        gossiped), or (with a victim host) lists the victim in `state`.
+        Records each host's count of connected rows in self.conns.
         Returns a list of problems."""
-        urls = [("GET", self.url(h, "/peers"), None, 5.0) for h in hosts]
+        urls = [("GET", self.url(h, "/peers"), None, self.http_timeout()) for h in hosts]
         problems = []
         for h, r in zip(hosts, self.poller.http_all(urls)):
             if r.get("status") != 200 or not isinstance(r.get("body"), dict):
                 problems.append(f"c{h}: GET /peers failed: {r.get('error') or r.get('status')}")
+                self.conns.pop(h, None)
                 continue
-            rows = {p["peer_id"]: p for p in r["body"].get("peers", [])}
+            peers = r["body"].get("peers", [])
+            self.conns[h] = sum(1 for p in peers if p.get("connected") is True)
+            rows = {p["peer_id"]: p for p in peers}
             targets = [victim] if victim else [o for o in hosts if o != h]
             for o in targets:
                 row = rows.get(self.peer_id.get(o))
                 if row is None:
                     problems.append(f"c{h} does not list c{o}")
-                elif state == "alive" and not (row["state"] == "alive" and row["connected"]):
-                    problems.append(f"c{h} lists c{o} as {row['state']}, connected={row['connected']}")
-                elif state != "alive" and row["state"] != state:
+                elif row["state"] != state:
                     problems.append(f"c{h} lists c{o} as {row['state']}, not {state}")
         return problems
+
+    def connections(self, hosts):
+        """host -> rows with "connected": true in its GET /peers now (hosts
+        whose request failed are left out)."""
+        self.conns = {}
+        self.verify(hosts)
+        return {h: self.conns[h] for h in hosts if h in self.conns}
 
     def observe_stop(self, i):
         self.poller.sse_stop(i)
@@ -838,7 +917,7 @@ class CellSide:
         # here, so a later wait sees it only once its stream reopens.
         with self.feed.cv:
             self.counts.pop(i, None)
-            self.ok_since[i] = None
+            self._not_ok(i)
 
     def victim_id(self, i):
         return self.peer_id[i]
@@ -860,7 +939,11 @@ class CellSide:
         'failed'|'left'|'alive', from_snapshot)]."""
         if rec["sys"] != "cell":
             return []
-        host_of = {pid: h for h, pid in self.peer_id.items()}
+        # Built once per change of the table, not per record (O(N) each).
+        host_of, size = self._host_of
+        if size != len(self.peer_id):
+            host_of = {pid: h for h, pid in self.peer_id.items()}
+            self._host_of = (host_of, len(self.peer_id))
         kind, data = rec["kind"], rec["data"]
         st = {"cell_failed": "failed", "cell_left": "left", "cell_alive": "alive",
               "cell_joined": "alive"}.get(kind)
@@ -920,7 +1003,7 @@ class CellSide:
     def verify_level(self, hosts, origin, k):
         level = 2.0 + 0.25 * k
         problems = []
-        urls = [("GET", self.url(h, "/peers"), None, 5.0) for h in hosts]
+        urls = [("GET", self.url(h, "/peers"), None, self.http_timeout()) for h in hosts]
         for h, r in zip(hosts, self.poller.http_all(urls)):
             rows = {p["peer_id"]: p for p in (r.get("body") or {}).get("peers", [])}
             row = rows.get(self.peer_id[origin])
@@ -958,8 +1041,10 @@ class SerfSide:
         self.cluster = cluster
         self.procs = {}
         self.suspects = 0
-        # Per observer: node -> status it last logged.
+        # Per observer: node -> status it last logged, and how many of the
+        # other expected nodes are alive in it.
         self.members = {}
+        self.alive_n = {}
         self.ok_since = {}
         self.expected = {self.node(i) for i in range(1, lab.n + 1)}
         feed.add(self._track)
@@ -976,13 +1061,19 @@ class SerfSide:
             return
         h = rec["host"]
         m = self.members.setdefault(h, {})
+        node = rec["node"]
+        # Counted incrementally (not a scan of N nodes per log line: N=200
+        # makes tens of thousands of lines).
+        was = m.get(node) == "alive"
         st = {"Join": "alive", "Failed": "failed", "Leave": "left"}.get(rec["what"])
         if st is not None:
-            m[rec["node"]] = st
+            m[node] = st
         elif rec["what"] == "Reap":
-            m.pop(rec["node"], None)
-        me = self.node(h)
-        ok = all(m.get(n) == "alive" for n in self.expected if n != me)
+            m.pop(node, None)
+        now = m.get(node) == "alive"
+        if was != now and node in self.expected and node != self.node(h):
+            self.alive_n[h] = self.alive_n.get(h, 0) + (1 if now else -1)
+        ok = self.alive_n.get(h, 0) >= len(self.expected) - 1
         if ok:
             if self.ok_since.get(h) is None:
                 self.ok_since[h] = rec["t"]
@@ -1018,8 +1109,10 @@ class SerfSide:
         full = gate.wrap(ns, argv) if gate else ["ip", "netns", "exec", ns, *argv]
         p = spawn(full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.procs[i] = p
-        self.members[i] = {}
-        self.ok_since[i] = None
+        with self.feed.cv:
+            self.members[i] = {}
+            self.alive_n[i] = 0
+            self.ok_since[i] = None
         threading.Thread(target=self._reader, args=(i, p, os.path.join(self.workdir, f"s{i}.log")),
                          daemon=True).start()
         return p
@@ -1029,7 +1122,7 @@ class SerfSide:
         hosts = range(1, self.lab.n + 1)
         for i in hosts:
             self._spawn(i, gate)
-        return gate.release([self.procs[i] for i in hosts])
+        return gate.release([self.procs[i] for i in hosts], timeout=max(10.0, self.lab.n / 10))
 
     def converged(self, hosts):
         return all(self.ok_since.get(h) is not None for h in hosts)
@@ -1042,8 +1135,8 @@ class SerfSide:
     def convergence_times(self, hosts):
         return {h: self.ok_since[h] for h in hosts}, []
 
-    def alive_times(self, hosts):
-        return {h: self.ok_since[h] for h in hosts}
+    def connections(self, hosts):
+        return None  # memberlist gossips over UDP: no connection is held
 
     def _members(self, h):
         r = run(["ip", "netns", "exec", self.lab.ns(h), self.serf, "members", "-format=json",
@@ -1179,10 +1272,6 @@ class Suite:
         log(f"{self.s.name} N={self.lab.n}: hosts converged from {fmt_dur(each[0])} "
             f"(median {fmt_dur(each[len(each) // 2])}) to {fmt_dur(each[-1])}")
         self.figs["conv"] = Fig(v, fmt_dur(v))
-        alive = self.s.alive_times(self.hosts)
-        if all(t is not None for t in alive.values()):
-            va = max(alive.values()) - t0
-            self.figs["conv_alive"] = Fig(va, fmt_dur(va))
         if bounded:
             self.note(f"convergence of hosts {bounded} is an upper bound "
                       "(their event stream opened after they had converged)")
@@ -1190,8 +1279,26 @@ class Suite:
         if problems:
             self.note("after convergence the end state disagrees: " + "; ".join(problems[:5]))
         log(f"{self.s.name} N={self.lab.n}: converged in {fmt_dur(v)}")
+        self.connections("conns")
         self.converged_ok = True
         return True
+
+    def connections(self, key):
+        """Connections per process: rows with "connected": true in each
+        host's GET /peers, max and median over the hosts."""
+        got = self.s.connections(self.hosts)
+        if got is None:
+            self.figs[key] = Fig(None, "none (UDP gossip)")
+            return
+        if not got:
+            self.figs[key] = Fig(None, "n/a (no /peers answered)")
+            return
+        xs = sorted(got.values())
+        med = statistics.median(xs)
+        miss = len(self.hosts) - len(xs)
+        self.figs[key] = Fig(xs[-1], f"max {xs[-1]}, median {med:g}, min {xs[0]}"
+                             + (f" ({miss} hosts did not answer)" if miss else ""))
+        log(f"{self.s.name} N={self.lab.n}: connections per cell ({key}): {self.figs[key].text}")
 
     # b.
     def propagation(self):
@@ -1346,6 +1453,8 @@ class Suite:
         self.figs["net_in"] = Fig(statistics.mean(inn), f"{statistics.mean(inn):.0f} B/s")
         log(f"{self.s.name} N={self.lab.n}: idle RSS {self.figs['rss'].text}, "
             f"CPU {self.figs['cpu'].text}, net {self.figs['net'].text}")
+        # Read after the window's counters: this traffic is not counted.
+        self.connections("conns_idle")
 
     # c., d., e.: one host at a time (the last), repaired after each.
     def fault(self, key, victim, state, act, timeout, grace=0.0, other_state=None):
@@ -1508,8 +1617,10 @@ def http_bench(opts, lab, poller, figs, notes, static_bin):
 ROWS = [
     ("conv", "zero-config convergence", "≤ 0.25 s (N=20), ≤ 1 s (N=50)",
      lambda v, n: v <= 0.25 if n == 20 else (v <= 1.0 if n == 50 else None)),
-    ("conv_alive", "  every other cell alive in every view (cells: connected or not; Serf: as above)",
-     "", None),
+    ("conns", "connections per cell after convergence (GET /peers rows connected)", "≤ 16 (any N)",
+     lambda v, n: v <= 16),
+    ("conns_idle", "  connections per cell at the end of the idle window", "≤ 16 (any N)",
+     lambda v, n: v <= 16),
     ("false_events", "false failures, every node up (times an observer marked a live peer failed)",
      "0", lambda v, n: v == 0),
     ("false_max", "  longest false failure (until alive again or the window's end)", "", None),
@@ -1765,7 +1876,41 @@ def pick_prefix(taken_nets):
 # ---------------------------------------------------------------------------
 
 
+# The waits' defaults, per N: (option, at N <= 50, per host above that).
+# Membership spreads by gossip over bounded connections, so its rounds grow
+# with log N, but every host shares the same 2 cores: the larger N, the
+# slower each round. A value given on the command line is used as is.
+TIMEOUTS = {
+    "converge_timeout": (90.0, 1.0),   # N=100: 150 s (the floor), N=200: 200 s
+    "event_timeout": (10.0, 0.1),      # N=200: 20 s
+    "crash_timeout": (30.0, 0.25),     # N=200: 50 s
+    "silent_timeout": (60.0, 0.4),     # N=200: 80 s
+    "leave_timeout": (15.0, 0.1),      # N=200: 20 s
+}
+LARGE_N = 50
+CONVERGE_FLOOR_LARGE = 150.0
+
+
+def opts_for(opts, n):
+    """A copy of the options with every unset timeout resolved for this N."""
+    o = copy.copy(opts)
+    for key, (base, per_host) in TIMEOUTS.items():
+        if getattr(o, key) is None:
+            v = base if n <= LARGE_N else max(base, per_host * n)
+            if key == "converge_timeout" and n > LARGE_N:
+                v = max(v, CONVERGE_FLOOR_LARGE)
+            setattr(o, key, v)
+    # Reopening N event streams (N snapshots of N rows) after the idle window.
+    o.reopen_timeout = max(10.0, n / 5.0)
+    return o
+
+
 def bench_size(n, opts, binary, static_bin, taken, notes):
+    opts = opts_for(opts, n)
+    if n > LARGE_N:
+        log(f"N={n}: timeouts converge {opts.converge_timeout:g} s, event {opts.event_timeout:g} s, "
+            f"crash {opts.crash_timeout:g} s, silent {opts.silent_timeout:g} s, "
+            f"leave {opts.leave_timeout:g} s")
     prefix, a, b = pick_prefix(taken)
     lab = Lab(n, prefix, a, b)
     feed = Feed()
@@ -1800,7 +1945,7 @@ def bench_size(n, opts, binary, static_bin, taken, notes):
                         http_bench(opts, lab, poller, suite.figs, notes, static_bin)
                     for i in suite.hosts:
                         cells.follow(i, retry_for=5.0)
-                    reopened = suite.wait_converged(10)
+                    reopened = suite.wait_converged(opts.reopen_timeout)
                 if not reopened:
                     suite.note("event streams did not reopen with everyone converged")
                 elif want & FAULTS:
@@ -1867,13 +2012,18 @@ def main():
     ap.add_argument("--wrk-duration", type=int, default=10)
     ap.add_argument("--wrk-threads", type=int, default=2)
     ap.add_argument("--wrk-conns", type=int, default=64)
-    ap.add_argument("--converge-timeout", type=float, default=90.0,
-                    help="also the wait after each repair (default 90 s: long enough to see "
-                         "whether a stuck mesh heals at the next mDNS round)")
-    ap.add_argument("--event-timeout", type=float, default=10.0, help="per propagation update")
-    ap.add_argument("--crash-timeout", type=float, default=30.0)
-    ap.add_argument("--silent-timeout", type=float, default=60.0)
-    ap.add_argument("--leave-timeout", type=float, default=15.0)
+    ap.add_argument("--converge-timeout", type=float, default=None,
+                    help="also the wait after each repair (default 90 s up to N=50: long enough "
+                         "to see whether a stuck mesh heals at the next mDNS round; above, "
+                         "max(150, N) s)")
+    ap.add_argument("--event-timeout", type=float, default=None,
+                    help="per propagation update (default 10 s; above N=50, max(10, N/10) s)")
+    ap.add_argument("--crash-timeout", type=float, default=None,
+                    help="default 30 s; above N=50, max(30, N/4) s")
+    ap.add_argument("--silent-timeout", type=float, default=None,
+                    help="default 60 s; above N=50, max(60, 0.4 N) s")
+    ap.add_argument("--leave-timeout", type=float, default=None,
+                    help="default 15 s; above N=50, max(15, N/10) s")
     ap.add_argument("--keep-logs", action="store_true", help="keep the per-run log dirs")
     ap.add_argument("--loss", type=int, default=0, metavar="PERMILLE",
                     help="drop PERMILLE/1000 at random in both hooks of every host's eth0 "

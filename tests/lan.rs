@@ -590,3 +590,243 @@ fn on_a_lossy_lan_no_live_cell_is_failed_and_a_vanished_one_still_is() {
         ms(noticed - pulled)
     );
 }
+
+/// Cells on the LAN for the membership test: more than a bounded connection
+/// set (16) can hold, so most pairs know each other only by gossip.
+const MANY: usize = 30;
+/// A cell holds at most this many connections: its ring neighbours at
+/// distances ±1, ±3, ±9, ±27, ±81 in peer-id order, plus short-lived ones.
+const MAX_CONNECTIONS: usize = 16;
+/// Bounds for 30 cells (debug builds) sharing a busy 2-core CI box.
+const MANY_CONVERGE_WITHIN: Duration = Duration::from_secs(60);
+const MANY_PROPAGATE_WITHIN: Duration = Duration::from_secs(20);
+const MANY_DETECT_WITHIN: Duration = Duration::from_secs(30);
+/// How often the 30-cell test polls: one round starts one client per cell,
+/// so polling at [`POLL`] would load the box more than the cells do. The
+/// timings it prints are good to about this much.
+const MANY_POLL: Duration = Duration::from_secs(1);
+
+/// Polls `/peers` of `cells` every [`MANY_POLL`] until `done(cell, answer)`
+/// holds for all of them in one round; returns that round's time and
+/// answers. `done` sees every answer. On timeout, panics naming the cells
+/// that were not done and, for each, `why(cell, answer)` (short, unlike
+/// [`wait_for`]'s full answers: 30 of them would bury the reason).
+fn wait_many(
+    lan: &mut netns::Lan,
+    cells: &[&Cell],
+    what: &str,
+    within: Duration,
+    mut done: impl FnMut(&Cell, &Value) -> bool,
+    why: impl Fn(&Cell, &Value) -> String,
+) -> (Instant, Vec<Value>) {
+    let deadline = Instant::now() + within;
+    let hosts: Vec<usize> = cells.iter().map(|c| c.host).collect();
+    loop {
+        let round = Instant::now();
+        for c in cells {
+            if let Err(e) = lan.running(c.proc) {
+                panic!("while waiting for {what}: {e}");
+            }
+        }
+        let answers = query(lan, &hosts, &["peers"]);
+        let seen = Instant::now();
+        let mut pending = Vec::new();
+        for (c, a) in cells.iter().zip(&answers) {
+            match a {
+                Ok(v) if done(c, v) => {}
+                Ok(v) => pending.push(format!("{}: {}", c.name, why(c, v))),
+                Err(e) => pending.push(format!("{}: {e}", c.name)),
+            }
+        }
+        if pending.is_empty() {
+            let answers = answers.into_iter().map(|a| a.expect("checked above")).collect();
+            return (seen, answers);
+        }
+        if seen >= deadline {
+            panic!(
+                "timed out after {within:?} waiting for {what}; {} of {} cells not there:\n{}\n\n{}",
+                pending.len(),
+                cells.len(),
+                pending.join("\n"),
+                netns::neighbour_table_report().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(MANY_POLL.saturating_sub(round.elapsed()));
+    }
+}
+
+/// Rows of a /peers answer with `"connected": true`.
+fn connected_count(v: &Value) -> usize {
+    v["peers"].as_array().map_or(0, |ps| ps.iter().filter(|p| p["connected"] == true).count())
+}
+
+/// Which of `others` a /peers answer does not list in `state`, by name.
+fn not_in_state(v: &Value, others: &[&Cell], state: &str) -> Vec<String> {
+    others
+        .iter()
+        .filter(|o| state_of(v, &o.peer_id).as_deref() != Some(state))
+        .map(|o| format!("{}={}", o.name, state_of(v, &o.peer_id).as_deref().unwrap_or("absent")))
+        .collect()
+}
+
+/// Membership that holds many cells (issue "Membership that holds 200
+/// cells"): 30 cells, zero configuration, each holding a bounded set of
+/// connections while membership spreads by gossip. Every cell lists every
+/// other `alive` (connected or not), none holds more than 16 connections, a
+/// level set on one reaches the 29 others, a `kill -9` is seen `failed` and
+/// a SIGTERM `left` by all the others.
+#[test]
+fn thirty_cells_all_alive_with_bounded_connections_share_a_level_and_see_crash_and_leave() {
+    let test = "lan-many";
+    let Some(mut lan) = netns::lan_or_skip(test, "lm", OCTET, MANY) else {
+        return;
+    };
+    // 30 × 29 neighbour entries, next to the other tests' LANs, could fill
+    // the kernel's shared ARP table: make them permanent (not counted).
+    lan.static_arp().expect("static ARP entries");
+    eprintln!("{test}: {MANY} hosts {}..{}", lan.addr(0), lan.addr(MANY - 1));
+
+    let (cells, started, all_started) = start_cells(&mut lan, MANY);
+    let everyone: Vec<&Cell> = cells.iter().collect();
+    let others_of =
+        |me: &Cell| -> Vec<&Cell> { cells.iter().filter(|c| c.host != me.host).collect() };
+
+    // ---- (a) every cell lists every other alive, connected or not --------
+    let (converged, answers) = wait_many(
+        &mut lan,
+        &everyone,
+        "every cell to list every other alive",
+        MANY_CONVERGE_WITHIN,
+        |c, v| {
+            assert_eq!(v["peer_id"], c.peer_id.as_str(), "{} runs under another identity", c.name);
+            others_of(c).iter().all(|o| {
+                entry(v, &o.peer_id)
+                    .is_some_and(|e| e["state"] == "alive" && e["cell_id"] == o.name.as_str())
+            })
+        },
+        |c, v| {
+            let missing = not_in_state(v, &others_of(c), "alive");
+            format!("{} of {} not alive: {}", missing.len(), MANY - 1, missing.join(" "))
+        },
+    );
+    let convergence = converged - started;
+    eprintln!(
+        "{test}: every cell lists the {} others alive {} ms after start (cells started within \
+         {} ms)",
+        MANY - 1,
+        ms(convergence),
+        ms(all_started)
+    );
+
+    // ---- (b) connections per cell, at convergence and again later --------
+    // Checked at the end (after the TIMINGS line), so a run on a build that
+    // still connects everyone reports every figure before it fails.
+    let mut conns: Vec<(String, usize)> =
+        cells.iter().zip(&answers).map(|(c, v)| (c.name.clone(), connected_count(v))).collect();
+
+    // ---- (c) a level set on cell1 reaches the 29 others -----------------
+    let c1 = &cells[0];
+    let level = LEVEL.to_string();
+    let sent = Instant::now();
+    let synced = parse(client(&lan, c1.host, &["sync", "--level", &level]).output())
+        .unwrap_or_else(|e| panic!("aios-cell sync on cell1: {e}"));
+    assert_eq!(synced["status"], "synced", "{synced:#}");
+    assert_eq!(synced["new_level"], LEVEL, "{synced:#}");
+    let (arrived, answers) = wait_many(
+        &mut lan,
+        &everyone[1..],
+        "cell1's level at the 29 others",
+        MANY_PROPAGATE_WITHIN,
+        |_, v| entry(v, &c1.peer_id).is_some_and(|e| e["consciousness_level"] == LEVEL),
+        |_, v| {
+            let got = entry(v, &c1.peer_id).map(|e| e["consciousness_level"].clone());
+            format!("cell1 at {got:?}, not {LEVEL}")
+        },
+    );
+    let propagation = arrived - sent;
+    // The second look at the connections: the mesh has settled a little.
+    for ((_, n), v) in conns[1..].iter_mut().zip(&answers) {
+        *n = (*n).max(connected_count(v));
+    }
+    eprintln!(
+        "{test}: level {LEVEL} reached the {} others {} ms after `sync`",
+        MANY - 1,
+        ms(propagation)
+    );
+
+    // ---- (d) kill -9 one cell: all 29 others mark it failed --------------
+    let crashed = &cells[MANY - 1];
+    let watchers: Vec<&Cell> = cells[..MANY - 1].iter().collect();
+    let killed = Instant::now();
+    lan.signal(crashed.proc, "KILL").expect("kill -9");
+    let (noticed, _) = wait_many(
+        &mut lan,
+        &watchers,
+        "the crashed cell failed at every other",
+        MANY_DETECT_WITHIN,
+        |_, v| state_of(v, &crashed.peer_id).as_deref() == Some("failed"),
+        |_, v| format!("{} is {:?}", crashed.name, state_of(v, &crashed.peer_id)),
+    );
+    let crash_seen = noticed - killed;
+    lan.wait(crashed.proc, Duration::from_secs(5)).expect("the killed cell is gone");
+    eprintln!(
+        "{test}: {} killed; failed at all {} others {} ms later",
+        crashed.name,
+        MANY - 1,
+        ms(crash_seen)
+    );
+
+    // ---- (d) SIGTERM another: all 28 still running mark it left ----------
+    let leaver = &cells[MANY - 2];
+    let watchers: Vec<&Cell> = cells[..MANY - 2].iter().collect();
+    // Observers that reported the leaver failed at some poll (printed, not
+    // asserted: at 1 s polling it is a sample, not a record).
+    let mut called_failed = std::collections::BTreeSet::new();
+    let stopped = Instant::now();
+    lan.signal(leaver.proc, "TERM").expect("SIGTERM");
+    let (left, _) = wait_many(
+        &mut lan,
+        &watchers,
+        "the leaver left at every other",
+        MANY_DETECT_WITHIN,
+        |c, v| {
+            let st = state_of(v, &leaver.peer_id);
+            if st.as_deref() == Some("failed") {
+                called_failed.insert(c.name.clone());
+            }
+            st.as_deref() == Some("left")
+        },
+        |_, v| format!("{} is {:?}", leaver.name, state_of(v, &leaver.peer_id)),
+    );
+    let leave_seen = left - stopped;
+    let status = lan.wait(leaver.proc, Duration::from_secs(10)).expect("the leaver exits");
+    assert!(status.success(), "{} exited with {status} after SIGTERM", leaver.name);
+
+    let max_conns = conns.iter().map(|(_, n)| *n).max().unwrap_or(0);
+    let mut sorted: Vec<usize> = conns.iter().map(|(_, n)| *n).collect();
+    sorted.sort_unstable();
+    eprintln!(
+        "{test}: TIMINGS cells={MANY} convergence={}ms propagation={}ms crash_seen_by_all={}ms \
+         leave_seen_by_all={}ms max_connections={max_conns} median_connections={} \
+         leaver_reported_failed_by={} total={}ms",
+        ms(convergence),
+        ms(propagation),
+        ms(crash_seen),
+        ms(leave_seen),
+        sorted[sorted.len() / 2],
+        called_failed.len(),
+        ms(started.elapsed())
+    );
+    let over: Vec<String> = conns
+        .iter()
+        .filter(|(_, n)| *n > MAX_CONNECTIONS)
+        .map(|(name, n)| format!("{name}: {n}"))
+        .collect();
+    assert!(
+        over.is_empty(),
+        "{} of {MANY} cells held more than {MAX_CONNECTIONS} connections (rows with \
+         \"connected\": true in /peers, most seen at convergence or after the level): {}",
+        over.len(),
+        over.join(", ")
+    );
+}

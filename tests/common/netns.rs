@@ -686,6 +686,47 @@ impl Lan {
         run_in(ns, &nft, &["-f", &file.to_string_lossy()])
     }
 
+    /// Gives every host permanent ARP entries for every other host. The
+    /// kernel's ARP table is one table for all namespaces, capped at
+    /// gc_thresh3 (1024 by default) dynamic entries (see [`neighbour_table`]);
+    /// a LAN of 30 hosts may need 30 × 29 of them, next to the other tests'
+    /// LANs, and past the cap hosts stop finding each other. Permanent
+    /// entries do not count against the cap. One `ip -batch` per host.
+    pub(crate) fn static_arp(&self) -> Result<(), String> {
+        let ipb = ip_path().ok_or("iproute2's `ip` was not found")?;
+        let mut macs = Vec::new();
+        for h in &self.hosts {
+            let out = Command::new(ipb)
+                .args(["-n", &h.ns, "-o", "link", "show", "eth0"])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("ip -n {} link show eth0: {e}", h.ns))?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mac = text
+                .split_whitespace()
+                .skip_while(|w| *w != "link/ether")
+                .nth(1)
+                .ok_or_else(|| format!("no MAC for eth0 in {}: {text}", h.ns))?;
+            macs.push(mac.to_owned());
+        }
+        for (i, h) in self.hosts.iter().enumerate() {
+            let batch: String = self
+                .hosts
+                .iter()
+                .zip(&macs)
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, (o, mac))| {
+                    format!("neigh replace {} lladdr {mac} dev eth0 nud permanent\n", o.addr)
+                })
+                .collect();
+            let file = self.dir.path().join(format!("arp-{i}.batch"));
+            std::fs::write(&file, batch).map_err(|e| format!("{}: {e}", file.display()))?;
+            ip(&["-n", &h.ns, "-batch", &file.to_string_lossy()])?;
+        }
+        Ok(())
+    }
+
     /// Takes host `i`'s cable out (or puts it back): its bridge port goes down.
     pub(crate) fn set_link(&self, host: usize, up: bool) -> Result<(), String> {
         let h = &self.hosts[host];

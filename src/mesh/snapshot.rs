@@ -38,6 +38,16 @@ pub enum MeshEvent {
         #[serde(rename = "self")]
         is_self: bool,
     },
+    /// A cell's tags or services changed (a service went up or down, or
+    /// its first record brought them); `self` is true for this cell's own.
+    ServicesChanged {
+        peer_id: String,
+        cell_id: Option<String>,
+        tags: std::collections::BTreeMap<String, String>,
+        services: Vec<crate::network::protocol::Service>,
+        #[serde(rename = "self")]
+        is_self: bool,
+    },
     /// This cell's own status: health and how many cells it sees.
     Status {
         status: &'static str,
@@ -56,6 +66,7 @@ impl MeshEvent {
             MeshEvent::CellFailed { .. } => "cell_failed",
             MeshEvent::CellLeft { .. } => "cell_left",
             MeshEvent::LevelChanged { .. } => "level_changed",
+            MeshEvent::ServicesChanged { .. } => "services_changed",
             MeshEvent::Status { .. } => "status",
         }
     }
@@ -88,6 +99,10 @@ pub struct LocalState {
     pub reachability: &'static str,
     /// Relays holding a reservation for this cell (peer ids), when private.
     pub relays: Vec<String>,
+    /// This cell's tags (`AIOS_TAGS`).
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// This cell's services and their status as last checked.
+    pub services: Vec<crate::network::protocol::Service>,
 }
 
 /// What readers see: an immutable copy made by the network node after changes.

@@ -413,6 +413,8 @@ fn a_suspicion_heard_by_gossip_of_a_cell_not_linked_here_runs_without_a_probe_an
         agent: String::new(),
         leaving: false,
         envelope: None,
+        tags: Default::default(),
+        services: Vec::new(),
     };
     b.mesh.merge(far, &first, FoundBy::Gossip, true);
     let (x, y, z) = (b.others[0], b.others[1], b.others[2]);

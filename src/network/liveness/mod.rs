@@ -229,17 +229,11 @@ impl Liveness {
             tracing::debug!(%peer, confirmations = s.confirmations(), "suspicion timed out unrefuted; failing the cell");
             self.silent_since.insert(peer, now);
             out.push(Action::Fail(peer));
-            if s.confirmed_here {
-                // This cell's own check went unanswered: say so once more,
-                // so that a live cell whose refutation was lost on the way
-                // here hears it and refutes again (a newer record revives
-                // it wherever it was failed).
-                out.push(Action::Announce {
-                    suspect: peer,
-                    incarnation: s.incarnation,
-                    failed: false,
-                });
-            }
+            // Say so: a live cell that never heard of its suspicion (or
+            // whose refutation never reached this cell) hears it and
+            // refutes, and its newer record revives it wherever it was
+            // failed (by gossip, or by the next sync).
+            out.push(Action::Announce { suspect: peer, incarnation: s.incarnation, failed: false });
         }
         out
     }

@@ -429,8 +429,8 @@ fn a_suspicion_heard_by_gossip_of_a_cell_not_linked_here_runs_without_a_probe_an
     assert!(b.live.deadline().is_some_and(|d| d < b.at(4000)));
     let failed = b.until(4000);
     assert_eq!(fails(&failed), vec![far]);
-    // It did not check the cell itself: it announces no failure.
-    assert!(!failed.iter().any(|a| matches!(a, Action::Announce { .. })));
+    // It says so: were the cell alive, it would hear it and refute.
+    assert!(failed.contains(&Action::Announce { suspect: far, incarnation: 4, failed: false }));
     // A newer record of it (the cell refuting, late) would have saved it.
     let mut c = Bed::new(3, false);
     c.mesh.merge(far, &first, FoundBy::Gossip, true);

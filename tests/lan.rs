@@ -46,8 +46,18 @@ const LOSSY_FOR: Duration = Duration::from_secs(30);
 /// (failed cells are redialed with a backoff of at most 2 s).
 const REJOIN_WITHIN: Duration = Duration::from_secs(3);
 
+/// The namespace tests run one at a time: each starts real cells on the
+/// same two cores, and the lossy and 30-cell tests measure timings that
+/// another test's start-up load would distort (a starved probe is a false
+/// suspicion).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn three_cells_on_a_lan_find_each_other_share_levels_and_notice_crash_and_leave() {
+    let _one = one_at_a_time();
     let test = "lan";
     let Some(mut lan) = netns::lan_or_skip(test, "ln", OCTET, 3) else {
         return;
@@ -208,6 +218,7 @@ fn three_cells_on_a_lan_find_each_other_share_levels_and_notice_crash_and_leave(
 /// alive and connected again once the cable is back.
 #[test]
 fn a_cell_cut_off_the_lan_is_marked_failed_and_rejoins() {
+    let _one = one_at_a_time();
     let test = "lan-cable";
     let Some(mut lan) = netns::lan_or_skip(test, "lc", OCTET, 3) else {
         return;
@@ -256,6 +267,7 @@ fn a_cell_cut_off_the_lan_is_marked_failed_and_rejoins() {
 /// key, or none, never joins them, and the cells log why.
 #[test]
 fn only_cells_with_the_same_swarm_key_join() {
+    let _one = one_at_a_time();
     let test = "lan-key";
     let Some(mut lan) = netns::lan_or_skip(test, "lk", OCTET, 4) else {
         return;
@@ -341,6 +353,7 @@ fn only_cells_with_the_same_swarm_key_join() {
 /// cloned identity.
 #[test]
 fn a_killed_cell_restarts_as_itself_and_a_cloned_key_is_reported() {
+    let _one = one_at_a_time();
     let test = "lan-restart";
     let Some(mut lan) = netns::lan_or_skip(test, "lr", OCTET, 3) else {
         return;
@@ -423,6 +436,7 @@ fn a_killed_cell_restarts_as_itself_and_a_cloned_key_is_reported() {
 /// the TCP socket, not after QUIC's 3 s idle timeout.
 #[test]
 fn a_quic_link_is_replaced_by_tcp_so_a_crash_is_noticed_at_once() {
+    let _one = one_at_a_time();
     let test = "lan-quic";
     let Some(mut lan) = netns::lan_or_skip(test, "lq", OCTET, 2) else {
         return;
@@ -474,6 +488,7 @@ fn a_quic_link_is_replaced_by_tcp_so_a_crash_is_noticed_at_once() {
 /// redials when many cells share a slow host).
 #[test]
 fn a_paused_cell_is_failed_then_alive_again_on_the_same_connection() {
+    let _one = one_at_a_time();
     let test = "lan-pause";
     let Some(mut lan) = netns::lan_or_skip(test, "ps", OCTET, 3) else {
         return;
@@ -525,6 +540,7 @@ fn logged(lan: &netns::Lan, c: &Cell, what: &str) -> usize {
 /// still failed by all.
 #[test]
 fn on_a_lossy_lan_no_live_cell_is_failed_and_a_vanished_one_still_is() {
+    let _one = one_at_a_time();
     let test = "lan-lossy";
     let Some(mut lan) = netns::lan_or_skip(test, "ly", OCTET, 4) else {
         return;
@@ -677,6 +693,7 @@ fn not_in_state(v: &Value, others: &[&Cell], state: &str) -> Vec<String> {
 /// a SIGTERM `left` by all the others.
 #[test]
 fn thirty_cells_all_alive_with_bounded_connections_share_a_level_and_see_crash_and_leave() {
+    let _one = one_at_a_time();
     let test = "lan-many";
     let Some(mut lan) = netns::lan_or_skip(test, "lm", OCTET, MANY) else {
         return;

@@ -2,7 +2,7 @@
 // body, and a connection that reconnects with backoff when the cell
 // restarts. No `vscode` import.
 
-import { PeerEntry, describeFetchError, errorDetail, normalizeEndpoint } from "./client";
+import { PeerEntry, ServiceEntry, describeFetchError, errorDetail, normalizeEndpoint } from "./client";
 
 /** This cell as the snapshot describes it. */
 export interface LocalState {
@@ -14,6 +14,9 @@ export interface LocalState {
   listen_addrs: string[];
   reachability?: string;
   relays?: string[];
+  /** When the cell sends them (newer cells; /health has them too). */
+  tags?: Record<string, string>;
+  services?: ServiceEntry[];
 }
 
 export type CellEvent =

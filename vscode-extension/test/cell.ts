@@ -50,6 +50,10 @@ export interface CellOptions {
   token?: string;
   /** The metrics port (default: any free one). */
   metricsPort?: number;
+  /** AIOS_SERVICES, e.g. `web=3000,api=8443/https`. */
+  services?: string;
+  /** AIOS_TAGS, e.g. `role=desktop`. */
+  tags?: string;
 }
 
 export class TestCell {
@@ -114,6 +118,12 @@ export class TestCell {
     }
     if (opts.token) {
       env.AIOS_API_TOKEN = opts.token;
+    }
+    if (opts.services) {
+      env.AIOS_SERVICES = opts.services;
+    }
+    if (opts.tags) {
+      env.AIOS_TAGS = opts.tags;
     }
     const proc = spawn(CELL_BIN, ["run"], { env, stdio: ["ignore", "pipe", "pipe"] });
     this.proc = proc;

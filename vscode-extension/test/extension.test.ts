@@ -160,6 +160,20 @@ test("a cell that needs a token: the error offers to set it, SecretStorage keeps
   }
 });
 
+test("Open Service in Browser opens http and https URLs only", async () => {
+  await rec.commands.get("aios.openService")!("http://127.0.0.1:3000/");
+  assert.equal(rec.opened.at(-1), "http://127.0.0.1:3000/");
+  const opened = rec.opened.length;
+  for (const bad of ["javascript:alert(1)", "file:///etc/passwd", "command:aios.showLog", "http://0.0.0.0:3000/"]) {
+    await rec.commands.get("aios.openService")!(bad);
+    assert.match(rec.errors.at(-1)!, /^Cannot open the service: .* is not an http or https URL with a host to open\.$/, bad);
+  }
+  // A service line whose cell sent no usable address has nothing to open either.
+  await rec.commands.get("aios.openService")!({ kind: "service", url: null });
+  assert.match(rec.errors.at(-1)!, /^Cannot open the service: null /);
+  assert.equal(rec.opened.length, opened);
+});
+
 test("a bad endpoint setting is a clear message, not a crash", async () => {
   rec.config.set("aios.cellEndpoint", "aios.local:8000");
   await rec.commands.get("aios.connectToCell")!("aios.local:8000");

@@ -5,6 +5,7 @@
 //! `env`), so clap already puts a flag above its variable; the file fills in
 //! whatever neither gave, and [`Config::default`] the rest.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -164,6 +165,9 @@ pub struct Tuning {
     pub rate_limit_per_second: u64,
     /// POST requests a client may make at once before the rate applies.
     pub rate_limit_burst: u32,
+    /// Check this cell's own services (the metrics port and `services`)
+    /// this often; a change of status is published with the record.
+    pub service_check_interval_ms: u64,
 }
 
 impl Default for Tuning {
@@ -180,6 +184,7 @@ impl Default for Tuning {
             command_timeout_ms: 5000,
             rate_limit_per_second: 10,
             rate_limit_burst: 20,
+            service_check_interval_ms: 5000,
         }
     }
 }
@@ -206,6 +211,9 @@ impl Tuning {
     }
     pub fn command_timeout(&self) -> Duration {
         Duration::from_millis(self.command_timeout_ms.max(100))
+    }
+    pub fn service_check_interval(&self) -> Duration {
+        Duration::from_millis(self.service_check_interval_ms.max(100))
     }
 }
 
@@ -234,6 +242,11 @@ pub struct Config {
     pub vault_addr: Option<String>,
     pub prometheus_addr: Option<String>,
     pub log_format: LogFormat,
+    /// Free `key = value` tags the record carries (`AIOS_TAGS`).
+    pub tags: BTreeMap<String, String>,
+    /// Services on this machine the record announces (`AIOS_SERVICES`);
+    /// the metrics port is one more, always.
+    pub services: Vec<crate::services::ServiceSpec>,
     pub tuning: Tuning,
 }
 
@@ -257,6 +270,8 @@ impl Default for Config {
             vault_addr: None,
             prometheus_addr: None,
             log_format: LogFormat::Text,
+            tags: BTreeMap::new(),
+            services: Vec::new(),
             tuning: Tuning::default(),
         }
     }
@@ -310,6 +325,11 @@ pub struct FileConfig {
     pub vault_addr: Option<String>,
     pub prometheus_addr: Option<String>,
     pub log_format: Option<LogFormat>,
+    /// `[tags]`: `role = "desktop"`; numbers and booleans are taken as text.
+    pub tags: Option<BTreeMap<String, toml::Value>>,
+    /// `[services]`: `grafana = "3000/http"`, or a bare port (`node = 9100`,
+    /// protocol `tcp`).
+    pub services: Option<BTreeMap<String, toml::Value>>,
     pub tuning: Option<Tuning>,
 }
 
@@ -456,6 +476,81 @@ pub fn resolve_token(
     file.api_token_file.clone().map(read).transpose()
 }
 
+/// Tags and services from the flag or variable (which replaces the file's
+/// table), else the file. A bad entry stops the cell, named.
+fn tags_and_services(
+    tags: Option<String>,
+    services: Option<String>,
+    file: &FileConfig,
+) -> Result<(BTreeMap<String, String>, Vec<crate::services::ServiceSpec>), ConfigError> {
+    use crate::services::{check_services, parse_service, parse_tags};
+    let tags = match (tags, &file.tags) {
+        (Some(t), _) => {
+            parse_tags(&t).map_err(|e| ConfigError::Invalid(format!("AIOS_TAGS / --tags: {e}")))?
+        }
+        (None, Some(table)) => {
+            let bad = |e: String| ConfigError::Invalid(format!("[tags] in the config file: {e}"));
+            let mut tags = BTreeMap::new();
+            for (k, v) in table {
+                let v = scalar_text(v).ok_or_else(|| {
+                    bad(format!("the value of {k:?} must be text, a number or a boolean"))
+                })?;
+                crate::network::protocol::validate_tag(k, &v)
+                    .map_err(|e| bad(format!("tag {k:?}: {e}")))?;
+                tags.insert(k.clone(), v);
+            }
+            if tags.len() > crate::network::protocol::MAX_TAGS {
+                return Err(bad(format!(
+                    "{} tags, at most {}",
+                    tags.len(),
+                    crate::network::protocol::MAX_TAGS
+                )));
+            }
+            tags
+        }
+        (None, None) => BTreeMap::new(),
+    };
+    let services = match (services, &file.services) {
+        (Some(s), _) => crate::services::parse_services(&s)
+            .map_err(|e| ConfigError::Invalid(format!("AIOS_SERVICES / --services: {e}")))?,
+        (None, Some(table)) => {
+            let bad =
+                |e: String| ConfigError::Invalid(format!("[services] in the config file: {e}"));
+            let specs = table
+                .iter()
+                .map(|(name, v)| {
+                    let value = match v {
+                        toml::Value::Integer(p) => p.to_string(),
+                        toml::Value::String(s) => s.clone(),
+                        _ => {
+                            return Err(format!(
+                                "service {name:?}: expected a port (9100) or \"port/protocol\" (\"3000/http\")"
+                            ))
+                        }
+                    };
+                    parse_service(name, &value)
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(bad)?;
+            check_services(&specs).map_err(bad)?;
+            specs
+        }
+        (None, None) => Vec::new(),
+    };
+    Ok((tags, services))
+}
+
+/// A TOML scalar as text (`gpu = true` is the tag `gpu=true`).
+fn scalar_text(v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
 /// Flags (each with its environment variable) shared by `run` and `id`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct RunArgs {
@@ -489,6 +584,12 @@ pub struct RunArgs {
     /// QUIC transport beside TCP: true/false, on/off, yes/no, 1/0 [default: true]
     #[arg(long, env = "AIOS_QUIC", value_parser = clap::builder::BoolishValueParser::new())]
     pub quic: Option<bool>,
+    /// Tags this cell announces: key=value,… (e.g. role=desktop,gpu=true)
+    #[arg(long, env = "AIOS_TAGS")]
+    pub tags: Option<String>,
+    /// Services on this machine to announce and check: name=port[/http|https|tcp],… (tcp if left out)
+    #[arg(long, env = "AIOS_SERVICES")]
+    pub services: Option<String>,
     /// Pre-shared swarm key file (Kubo's swarm.key format); turns QUIC off
     #[arg(long, env = "AIOS_SWARM_KEY")]
     pub swarm_key: Option<PathBuf>,
@@ -526,6 +627,7 @@ impl Config {
     pub fn layer(args: RunArgs, file: FileConfig) -> Result<Config, ConfigError> {
         let d = Config::default();
         let api_token = resolve_token(args.api_token, args.api_token_file, &file)?;
+        let (tags, services) = tags_and_services(args.tags, args.services, &file)?;
         let peers_raw = args.peers.or(file.peers).unwrap_or_default();
         let peers = peers_raw
             .iter()
@@ -544,6 +646,8 @@ impl Config {
         let branch = args.branch.or(file.branch).unwrap_or(d.branch);
         crate::network::protocol::validate_branch(&branch)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        crate::services::check_record_size(&cell_id, &branch, &tags, &services)
+            .map_err(ConfigError::Invalid)?;
         let data_dir = match args.data_dir.or(file.data_dir) {
             Some(p) => p,
             None => default_data_dir().ok_or(ConfigError::NoDataDir)?,
@@ -570,6 +674,8 @@ impl Config {
             prometheus_addr: args.prometheus_addr.or(file.prometheus_addr),
             log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
             data_dir,
+            tags,
+            services,
             tuning: file.tuning.unwrap_or(d.tuning),
         })
     }
@@ -595,6 +701,18 @@ impl Config {
             vault_addr: self.vault_addr.clone(),
             prometheus_addr: self.prometheus_addr.clone(),
             log_format: Some(self.log_format),
+            tags: Some(
+                self.tags
+                    .iter()
+                    .map(|(k, v)| (k.clone(), toml::Value::String(v.clone())))
+                    .collect(),
+            ),
+            services: Some(
+                self.services
+                    .iter()
+                    .map(|s| (s.name.clone(), toml::Value::String(s.to_string())))
+                    .collect(),
+            ),
             tuning: Some(self.tuning.clone()),
         }
     }

@@ -15,6 +15,8 @@
 //! - [`api`]: the HTTP API (axum) the seed's clients call.
 //! - [`metrics`]: one prometheus-client registry, served on `/metrics`.
 //! - [`client`]: the `health`, `peers` and `sync` verbs against a running cell.
+//! - [`services`]: the tags and services a cell announces, and the checker
+//!   of its own services.
 //! - [`state`]: crash-safe state (level, last peers) in the data dir.
 //!
 //! [`Cell::start`] runs a whole cell on already-resolved config; the binary
@@ -27,6 +29,7 @@ pub mod identity;
 pub mod mesh;
 pub mod metrics;
 pub mod network;
+pub mod services;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -102,6 +105,8 @@ impl Cell {
             addr: config.metrics_addr,
             source,
         })?;
+        // The record announces the metrics port actually bound (port 0 in tests).
+        config.metrics_addr = metrics_addr;
 
         let mut registry = Registry::default();
         let cell_metrics = metrics::CellMetrics::register(&mut registry);
@@ -156,6 +161,12 @@ impl Cell {
         let metrics_app = metrics::router(registry);
         let mut servers =
             vec![tokio::spawn(state::saver(config.data_dir.clone(), state_rx, shutdown.clone()))];
+        servers.push(tokio::spawn(services::run(
+            handle.clone(),
+            services::targets(&config),
+            config.tuning.service_check_interval(),
+            shutdown.clone(),
+        )));
         for (what, listener, app) in
             [("HTTP API", http, app), ("metrics", metrics_listener, metrics_app)]
         {

@@ -704,6 +704,8 @@ async fn records_relayed_with_forged_fields_or_signatures_are_refused() {
         addrs: Vec::new(),
         agent: "aios-cell/forged".into(),
         leaving,
+        tags: Default::default(),
+        services: Vec::new(),
         envelope: None,
     };
     let known = vec![

@@ -20,6 +20,8 @@ fuzz_target!(|data: &[u8]| {
         addrs: Vec::new(),
         agent: String::new(),
         leaving: false,
+        tags: Default::default(),
+        services: Vec::new(),
         envelope: Some(data.to_vec()),
     };
     let _ = record.verified(&PeerId::random());

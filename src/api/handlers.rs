@@ -129,6 +129,10 @@ pub struct Health {
     pub relays: Vec<String>,
     pub vault_addr: Option<String>,
     pub prometheus_addr: Option<String>,
+    /// This cell's tags (`AIOS_TAGS`), `{}` when none.
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// This cell's services (the metrics port first) and their status.
+    pub services: Vec<crate::network::protocol::Service>,
 }
 
 pub(super) async fn health(State(state): State<AppState>) -> Json<Health> {
@@ -153,6 +157,8 @@ pub(super) async fn health(State(state): State<AppState>) -> Json<Health> {
         relays: snap.local.relays.clone(),
         vault_addr: state.vault_addr.clone(),
         prometheus_addr: state.prometheus_addr.clone(),
+        tags: snap.local.tags.clone(),
+        services: snap.local.services.clone(),
     })
 }
 

@@ -15,7 +15,7 @@ mod snapshot;
 pub use snapshot::{LocalState, MeshEvent, Snapshot};
 
 use crate::network::addr::strip_p2p;
-use crate::network::protocol::CellRecord;
+use crate::network::protocol::{CellRecord, Service};
 
 /// How we first learned of a cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -85,6 +85,16 @@ pub struct PeerEntry {
     /// Suspected: a cell's check of it went unanswered and the suspicion
     /// has not timed out nor been refuted. It still counts as alive.
     pub suspect: bool,
+    /// Its tags, from its newest record (`{}` before the first, and for
+    /// cells older than tags).
+    pub tags: BTreeMap<String, String>,
+    /// Its services and their status as it last checked them, from its
+    /// newest record.
+    pub services: Vec<Service>,
+    /// The addresses its newest record lists, in its order (where
+    /// `/services` and `/sd/prometheus` take its address from).
+    #[serde(skip)]
+    pub record_addrs: Vec<String>,
 }
 
 /// Why a cell cannot be forgotten.
@@ -177,6 +187,8 @@ impl Row {
                 .collect(),
             agent: e.agent.clone().unwrap_or_default(),
             leaving: e.state == PeerState::Left,
+            tags: e.tags.clone(),
+            services: e.services.clone(),
             envelope: None,
         })
     }
@@ -220,6 +232,9 @@ impl MeshView {
                 agent: None,
                 relayed: false,
                 suspect: false,
+                tags: BTreeMap::new(),
+                services: Vec::new(),
+                record_addrs: Vec::new(),
             },
             addrs: BTreeSet::new(),
             joined: false,
@@ -358,6 +373,9 @@ impl MeshView {
         row.entry.branch = Some(record.branch.clone());
         row.entry.consciousness_level = Some(record.level);
         row.entry.seq = record.seq;
+        row.entry.tags.clone_from(&record.tags);
+        row.entry.services.clone_from(&record.services);
+        row.entry.record_addrs.clone_from(&record.addrs);
         // An unsigned record (an older cell) replaces the signed one too:
         // relaying the older signed one would spread stale news.
         row.signed = record.envelope.is_some().then(|| record.clone());
@@ -532,6 +550,8 @@ mod tests {
             addrs: vec!["/ip4/10.0.0.2/tcp/8001".into()],
             agent: String::new(),
             leaving: false,
+            tags: Default::default(),
+            services: Vec::new(),
             envelope: None,
         }
     }
@@ -749,6 +769,8 @@ mod tests {
                 transports: vec![],
                 reachability: "unknown",
                 relays: vec![],
+                tags: BTreeMap::new(),
+                services: vec![],
             },
             peers: m.entries(),
             degraded: None,

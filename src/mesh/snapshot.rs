@@ -88,6 +88,10 @@ pub struct LocalState {
     pub reachability: &'static str,
     /// Relays holding a reservation for this cell (peer ids), when private.
     pub relays: Vec<String>,
+    /// This cell's tags (`AIOS_TAGS`).
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// This cell's services and their status as last checked.
+    pub services: Vec<crate::network::protocol::Service>,
 }
 
 /// What readers see: an immutable copy made by the network node after changes.

@@ -53,6 +53,8 @@ mod tests {
             addrs: Vec::new(),
             agent: "aios-cell/test".into(),
             leaving: false,
+            tags: Default::default(),
+            services: Vec::new(),
             envelope: None,
         }
     }

@@ -17,6 +17,9 @@ pub enum Command {
     SetLevel { level: Option<f64>, reply: oneshot::Sender<SyncOutcome> },
     /// Dial `addr` and exchange records with whoever answers.
     Register { addr: Multiaddr, reply: oneshot::Sender<Result<RegisterOutcome, CommandError>> },
+    /// The statuses of this cell's services, by name, as the checker found
+    /// them (sent only when one changed): republish the record if so.
+    ServiceStatus { statuses: Vec<(String, super::protocol::ServiceStatus)> },
     /// Forget a cell that is gone for good (its row and its name).
     Forget { peer: libp2p::PeerId, reply: oneshot::Sender<Result<(), crate::mesh::ForgetError>> },
 }
@@ -138,6 +141,18 @@ impl Handle {
     /// Sets the level when given and publishes this cell's record at once.
     pub async fn sync(&self, level: Option<f64>) -> Result<SyncOutcome, CommandError> {
         self.ask(|reply| Command::SetLevel { level, reply }).await
+    }
+
+    /// Tells the node the statuses of this cell's services (no reply: the
+    /// checker sends again next round when this fails).
+    pub fn service_status(
+        &self,
+        statuses: Vec<(String, super::protocol::ServiceStatus)>,
+    ) -> Result<(), CommandError> {
+        self.tx.try_send(Command::ServiceStatus { statuses }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => CommandError::Busy,
+            mpsc::error::TrySendError::Closed(_) => CommandError::Stopped,
+        })
     }
 
     /// Forgets a failed or left cell (Serf's `force-leave`).

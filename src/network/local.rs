@@ -11,7 +11,7 @@ use libp2p::{Multiaddr, PeerId};
 
 use super::addr::is_tcp;
 use super::behaviour::agent_version;
-use super::protocol::{CellRecord, MAX_ADDRS};
+use super::protocol::{CellRecord, Service, MAX_ADDRS, MAX_RECORD_BYTES};
 use crate::mesh::now_ms;
 
 /// A cloned identity not heard of for this long is taken to be gone (a
@@ -43,6 +43,10 @@ pub(crate) struct Local {
     /// are our own from before (a restart, a rename), not a clone's.
     start_seq: u64,
     pub(crate) listen_addrs: Vec<Multiaddr>,
+    /// Tags the record carries (`AIOS_TAGS`).
+    pub(crate) tags: std::collections::BTreeMap<String, String>,
+    /// Services the record carries, with their last checked status.
+    pub(crate) services: Vec<Service>,
     /// Why this cell is degraded (a cloned identity), shown in `/health`.
     pub(crate) degraded: Option<String>,
     /// The highest `seq` of a clone's record seen, and when.
@@ -74,6 +78,8 @@ impl Local {
             seq,
             start_seq: seq,
             listen_addrs: Vec::new(),
+            tags: Default::default(),
+            services: Vec::new(),
             degraded: None,
             clone_seq: 0,
             clone_seen_at: None,
@@ -90,17 +96,48 @@ impl Local {
         self.seq
     }
 
-    /// This cell's record now, signed (see [`CellRecord::signed`]).
+    /// Sets the status of this cell's services by name. Returns whether
+    /// any changed (the record must then be published anew).
+    pub(crate) fn set_service_status(
+        &mut self,
+        statuses: &[(String, super::protocol::ServiceStatus)],
+    ) -> bool {
+        let mut changed = false;
+        for s in &mut self.services {
+            if let Some((_, status)) = statuses.iter().find(|(n, _)| *n == s.name) {
+                changed |= s.status != *status;
+                s.status = *status;
+            }
+        }
+        changed
+    }
+
+    /// This cell's record now, signed (see [`CellRecord::signed`]). The
+    /// start-up check leaves room for several addresses; a host listening
+    /// on more than fit drops the last ones from its record.
     pub(crate) fn record(&self, leaving: bool) -> CellRecord {
+        let mut addrs = self.record_addrs();
+        loop {
+            let record = self.record_with(leaving, addrs.clone());
+            if addrs.is_empty() || record.to_cbor().len() <= MAX_RECORD_BYTES {
+                return record;
+            }
+            addrs.pop();
+        }
+    }
+
+    fn record_with(&self, leaving: bool, addrs: Vec<String>) -> CellRecord {
         let record = CellRecord {
             cell_id: self.cell_id.clone(),
             level: self.level,
             branch: self.branch.clone(),
             seq: self.seq,
             at_ms: self.made_ms,
-            addrs: self.record_addrs(),
+            addrs,
             agent: agent_version(),
             leaving,
+            tags: self.tags.clone(),
+            services: self.services.clone(),
             envelope: None,
         };
         let mut cache = self.signed.borrow_mut();

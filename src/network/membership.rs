@@ -263,6 +263,8 @@ mod tests {
             addrs: vec!["/ip4/10.0.0.2/tcp/8001".into()],
             agent: "aios-cell/test".into(),
             leaving: false,
+            tags: Default::default(),
+            services: Vec::new(),
             envelope: None,
         }
     }

@@ -4,6 +4,8 @@
 //! `docs/protocol.md` documents these for other implementations; keep the two
 //! in step.
 
+use std::collections::BTreeMap;
+
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +25,18 @@ pub const MAX_RECORD_BYTES: usize = 4 * 1024;
 pub const MAX_ADDRS: usize = 32;
 /// Largest number of third-party records in one exchange.
 pub const MAX_KNOWN_RECORDS: usize = 256;
+/// Most tags a record may carry.
+pub const MAX_TAGS: usize = 32;
+/// Longest tag key, in characters.
+pub const MAX_TAG_KEY_CHARS: usize = 64;
+/// Longest tag value, in characters.
+pub const MAX_TAG_VALUE_CHARS: usize = 256;
+/// Most services a record may carry (the metrics service included).
+pub const MAX_SERVICES: usize = 16;
+/// Longest service name, in characters.
+pub const MAX_SERVICE_NAME_CHARS: usize = 64;
+/// The service every cell announces: its own metrics port.
+pub const METRICS_SERVICE: &str = "metrics";
 
 /// Domain separation and payload type of a record's signed envelope
 /// (libp2p's signed envelopes, as its peer records use them).
@@ -54,12 +68,85 @@ pub struct CellRecord {
     /// True in the last record a cell sends when it shuts down cleanly.
     #[serde(default)]
     pub leaving: bool,
+    /// Free `key = value` tags (`AIOS_TAGS`), at most [`MAX_TAGS`]. Left
+    /// out of the CBOR when empty, so a cell without tags sends what older
+    /// cells sent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// The services this cell runs and their status as it last checked them
+    /// (`AIOS_SERVICES`, and always [`METRICS_SERVICE`]), at most
+    /// [`MAX_SERVICES`]. Absent from older cells' records.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
     /// The author's signed envelope (domain [`RECORD_DOMAIN`], payload type
     /// [`RECORD_PAYLOAD_TYPE`]) whose payload is this record's CBOR without
     /// this field. Cells older than the field send none; a record relayed
     /// in an exchange must have one (see [`CellRecord::verified`]).
     #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_bytes")]
     pub envelope: Option<Vec<u8>>,
+}
+
+/// How a service is spoken to (and checked): `http` by a `GET /`, `https`
+/// and `tcp` by a TCP connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceProtocol {
+    Http,
+    Https,
+    Tcp,
+}
+
+impl ServiceProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceProtocol::Http => "http",
+            ServiceProtocol::Https => "https",
+            ServiceProtocol::Tcp => "tcp",
+        }
+    }
+}
+
+impl std::str::FromStr for ServiceProtocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "http" => Ok(ServiceProtocol::Http),
+            "https" => Ok(ServiceProtocol::Https),
+            "tcp" => Ok(ServiceProtocol::Tcp),
+            _ => Err(format!("unknown protocol {s:?} (http, https or tcp)")),
+        }
+    }
+}
+
+/// A service's status as its own cell last checked it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceStatus {
+    Up,
+    Down,
+    /// Not checked yet.
+    Unknown,
+}
+
+impl ServiceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceStatus::Up => "up",
+            ServiceStatus::Down => "down",
+            ServiceStatus::Unknown => "unknown",
+        }
+    }
+}
+
+/// One service a cell announces in its record.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    /// 1-65535.
+    pub port: u16,
+    pub protocol: ServiceProtocol,
+    pub status: ServiceStatus,
 }
 
 /// Why a record's signature does not hold.
@@ -108,6 +195,22 @@ pub enum RecordError {
     TooManyAddrs(usize),
     #[error("record is larger than {MAX_RECORD_BYTES} bytes")]
     TooLarge,
+    #[error("too many tags ({0}, at most {MAX_TAGS})")]
+    TooManyTags(usize),
+    #[error("tag key {0:?} must be 1-{MAX_TAG_KEY_CHARS} characters")]
+    BadTagKey(String),
+    #[error("the value of tag {0:?} must be at most {MAX_TAG_VALUE_CHARS} characters")]
+    BadTagValue(String),
+    #[error("too many services ({0}, at most {MAX_SERVICES})")]
+    TooManyServices(usize),
+    #[error(
+        "service name {0:?} must be 1-{MAX_SERVICE_NAME_CHARS} characters, not only white space"
+    )]
+    BadServiceName(String),
+    #[error("service {0:?} must have a port 1-65535")]
+    BadServicePort(String),
+    #[error("service {0:?} is listed twice")]
+    DuplicateService(String),
     #[error("not a valid CBOR record: {0}")]
     Decode(String),
     /// A name holds a control or bidi-override character.
@@ -185,6 +288,55 @@ pub fn validate_branch(branch: &str) -> Result<(), RecordError> {
     check_chars("branch", branch)
 }
 
+/// Checks one tag: a key of 1-64 characters and a value of at most 256,
+/// neither with control or bidi-override characters.
+pub fn validate_tag(key: &str, value: &str) -> Result<(), RecordError> {
+    if key.trim().is_empty() || key.chars().count() > MAX_TAG_KEY_CHARS {
+        return Err(RecordError::BadTagKey(escape_text(key).into_owned()));
+    }
+    check_chars("tag key", key)?;
+    if value.chars().count() > MAX_TAG_VALUE_CHARS {
+        return Err(RecordError::BadTagValue(escape_text(key).into_owned()));
+    }
+    check_chars("tag value", value)
+}
+
+/// Checks a set of tags: at most [`MAX_TAGS`], each as [`validate_tag`].
+pub fn validate_tags(tags: &BTreeMap<String, String>) -> Result<(), RecordError> {
+    if tags.len() > MAX_TAGS {
+        return Err(RecordError::TooManyTags(tags.len()));
+    }
+    tags.iter().try_for_each(|(k, v)| validate_tag(k, v))
+}
+
+/// Checks one service's name and port (its protocol and status are typed).
+pub fn validate_service(name: &str, port: u16) -> Result<(), RecordError> {
+    if name.trim().is_empty() || name.chars().count() > MAX_SERVICE_NAME_CHARS {
+        return Err(RecordError::BadServiceName(escape_text(name).into_owned()));
+    }
+    check_chars("service name", name)?;
+    if port == 0 {
+        return Err(RecordError::BadServicePort(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// Checks a record's services: at most [`MAX_SERVICES`], each valid, no
+/// name twice.
+pub fn validate_services(services: &[Service]) -> Result<(), RecordError> {
+    if services.len() > MAX_SERVICES {
+        return Err(RecordError::TooManyServices(services.len()));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for s in services {
+        validate_service(&s.name, s.port)?;
+        if !seen.insert(s.name.as_str()) {
+            return Err(RecordError::DuplicateService(escape_text(&s.name).into_owned()));
+        }
+    }
+    Ok(())
+}
+
 /// Checks that a level is one a cell accepts: finite and non-negative.
 pub fn validate_level(level: f64) -> Result<f64, RecordError> {
     if level.is_finite() && level >= 0.0 {
@@ -203,7 +355,8 @@ impl CellRecord {
         if self.addrs.len() > MAX_ADDRS {
             return Err(RecordError::TooManyAddrs(self.addrs.len()));
         }
-        Ok(())
+        validate_tags(&self.tags)?;
+        validate_services(&self.services)
     }
 
     /// Encodes the record as one CBOR map.
@@ -253,6 +406,12 @@ impl CellRecord {
         }
         let mut outer = self.clone();
         outer.envelope = None;
+        if outer.tags.is_empty() && outer.services.is_empty() {
+            // Relayed by a cell older than tags and services: it dropped
+            // the fields it does not know; the signed copy still has them.
+            outer.tags.clone_from(&signed.tags);
+            outer.services.clone_from(&signed.services);
+        }
         if outer != signed {
             return Err(SignatureError::Altered);
         }
@@ -379,8 +538,134 @@ mod tests {
             addrs: vec!["/ip4/10.0.0.1/tcp/8001".into()],
             agent: "aios-cell/0.1.0".into(),
             leaving: false,
+            tags: BTreeMap::from([("role".to_owned(), "desktop".to_owned())]),
+            services: vec![
+                service(METRICS_SERVICE, 9091, ServiceProtocol::Http),
+                service("grafana", 3000, ServiceProtocol::Http),
+            ],
             envelope: None,
         }
+    }
+
+    fn service(name: &str, port: u16, protocol: ServiceProtocol) -> Service {
+        Service { name: name.into(), port, protocol, status: ServiceStatus::Up }
+    }
+
+    #[test]
+    fn tags_and_services_are_signed_too() {
+        let author = libp2p::identity::Keypair::generate_ed25519();
+        let id = author.public().to_peer_id();
+        let signed = record().signed(&author).expect("signed");
+        let relayed = CellRecord::from_cbor(&signed.to_cbor()).expect("decodes");
+        assert_eq!(relayed.verified(&id), Ok(signed.clone()));
+        // A relay that moves a service's port, marks it down, or adds a tag.
+        let mut port = signed.clone();
+        port.services[1].port = 3001;
+        assert_eq!(port.verified(&id), Err(SignatureError::Altered));
+        let mut down = signed.clone();
+        down.services[1].status = ServiceStatus::Down;
+        assert_eq!(down.verified(&id), Err(SignatureError::Altered));
+        let mut tag = signed.clone();
+        tag.tags.insert("gpu".into(), "true".into());
+        assert_eq!(tag.verified(&id), Err(SignatureError::Altered));
+        // A cell older than these fields relays the record without them:
+        // the signed copy still has them, and that is what counts.
+        let mut stripped = signed.clone();
+        stripped.tags.clear();
+        stripped.services.clear();
+        assert_eq!(stripped.verified(&id), Ok(signed.clone()));
+    }
+
+    #[test]
+    fn a_record_without_tags_or_services_encodes_as_before() {
+        #[derive(Serialize)]
+        struct Old<'a> {
+            cell_id: &'a str,
+            level: f64,
+            branch: &'a str,
+            seq: u64,
+            at_ms: u64,
+            addrs: Vec<String>,
+            agent: &'a str,
+            leaving: bool,
+        }
+        let r = CellRecord { tags: BTreeMap::new(), services: Vec::new(), ..record() };
+        let mut old = Vec::new();
+        ciborium::into_writer(
+            &Old {
+                cell_id: &r.cell_id,
+                level: r.level,
+                branch: &r.branch,
+                seq: r.seq,
+                at_ms: r.at_ms,
+                addrs: r.addrs.clone(),
+                agent: &r.agent,
+                leaving: r.leaving,
+            },
+            &mut old,
+        )
+        .unwrap();
+        assert_eq!(r.to_cbor(), old);
+    }
+
+    #[test]
+    fn bad_tags_and_services_are_refused() {
+        let refused = |r: CellRecord| CellRecord::from_cbor(&r.to_cbor()).unwrap_err();
+        let with_tag = |k: &str, v: &str| CellRecord {
+            tags: BTreeMap::from([(k.to_owned(), v.to_owned())]),
+            ..record()
+        };
+        assert!(matches!(refused(with_tag("", "x")), RecordError::BadTagKey(_)));
+        assert!(matches!(refused(with_tag(&"k".repeat(65), "x")), RecordError::BadTagKey(_)));
+        assert!(matches!(refused(with_tag("k", &"v".repeat(257))), RecordError::BadTagValue(_)));
+        assert!(matches!(
+            refused(with_tag("k\u{1b}", "x")),
+            RecordError::ForbiddenChar { field: "tag key", .. }
+        ));
+        assert!(matches!(
+            refused(with_tag("k", "x\u{202e}")),
+            RecordError::ForbiddenChar { field: "tag value", .. }
+        ));
+        assert!(
+            CellRecord::from_cbor(&with_tag(&"k".repeat(64), &"v".repeat(256)).to_cbor()).is_ok()
+        );
+        let many: BTreeMap<String, String> =
+            (0..33).map(|i| (format!("k{i}"), String::new())).collect();
+        assert_eq!(refused(CellRecord { tags: many, ..record() }), RecordError::TooManyTags(33));
+
+        let with = |services: Vec<Service>| CellRecord { services, ..record() };
+        let tcp = ServiceProtocol::Tcp;
+        assert!(matches!(
+            refused(with(vec![service("x", 0, tcp)])),
+            RecordError::BadServicePort(_)
+        ));
+        assert!(matches!(
+            refused(with(vec![service(" ", 1, tcp)])),
+            RecordError::BadServiceName(_)
+        ));
+        assert!(matches!(
+            refused(with(vec![service("a\nb", 1, tcp)])),
+            RecordError::ForbiddenChar { field: "service name", .. }
+        ));
+        assert!(matches!(
+            refused(with(vec![service("a", 1, tcp), service("a", 2, tcp)])),
+            RecordError::DuplicateService(_)
+        ));
+        let many = (0..17).map(|i| service(&format!("s{i}"), 1, tcp)).collect();
+        assert_eq!(refused(with(many)), RecordError::TooManyServices(17));
+        // An unknown protocol or status, or a port beyond 65535, does not decode.
+        for (field, bad) in [("protocol", "ftp"), ("status", "sideways")] {
+            let mut v = serde_json::to_value(record()).unwrap();
+            v["services"][0][field] = bad.into();
+            let mut buf = Vec::new();
+            ciborium::into_writer(&v, &mut buf).unwrap();
+            assert!(matches!(CellRecord::from_cbor(&buf), Err(RecordError::Decode(_))), "{field}");
+        }
+        let mut v = serde_json::to_value(record()).unwrap();
+        v["services"][0]["port"] = 70000.into();
+        let mut buf = Vec::new();
+        ciborium::into_writer(&v, &mut buf).unwrap();
+        assert!(matches!(CellRecord::from_cbor(&buf), Err(RecordError::Decode(_))));
     }
 
     #[test]

@@ -212,6 +212,8 @@ fn a_newer_record_of_the_suspect_refutes_the_suspicion() {
         addrs: Vec::new(),
         agent: "aios-cell/test".into(),
         leaving: false,
+        tags: Default::default(),
+        services: Vec::new(),
         envelope: None,
     };
     b.mesh.merge(x, &record(10), FoundBy::Gossip, true);

@@ -120,8 +120,9 @@ impl Node {
             saved_seq = s.seq;
             rejoin = s.peers.iter().filter_map(RememberedPeer::parsed).collect();
         }
-        let local =
+        let mut local =
             Local::new(key, config.cell_id.clone(), config.branch.clone(), level, saved_seq);
+        (local.tags, local.services) = crate::services::announced(config);
         metrics
             .info
             .get_or_create(&crate::metrics::InfoLabels {
@@ -287,6 +288,12 @@ impl Node {
                     self.publisher.coalescer.dirty();
                 }
                 let _ = reply.send(done);
+            }
+            Command::ServiceStatus { statuses } => {
+                if self.local.set_service_status(&statuses) {
+                    self.publish_own("a service's status changed");
+                    self.publisher.coalescer.dirty();
+                }
             }
             Command::Register { addr, reply } => {
                 // Answered before the caller's own timeout, naming the address.
@@ -755,6 +762,8 @@ fn local_state(local: &Local, reachability: &'static str, relays: Vec<String>) -
         transports: super::addr::transports(&local.listen_addrs),
         reachability,
         relays,
+        tags: local.tags.clone(),
+        services: local.services.clone(),
     }
 }
 

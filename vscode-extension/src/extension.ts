@@ -81,7 +81,7 @@ class CellsTree implements vscode.TreeDataProvider<Node> {
       [
         `**${escapeMarkdown(s.name)}** on ${escapeMarkdown(cell)}`,
         `status: ${s.status}${s.cellAlive ? " (checked by its cell)" : " (last known: the cell is not alive)"}`,
-        `${escapeMarkdown(s.protocol)}${s.port === null ? "" : `, port ${s.port}`}`,
+        `protocol: ${escapeMarkdown(s.protocol)}${s.port === null ? "" : `, port ${s.port}`}`,
         ...(s.url ? [`${escapeMarkdown(s.url)}: click to open in the browser`] : []),
       ].join("  \n"),
     );

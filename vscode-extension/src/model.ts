@@ -449,9 +449,14 @@ export function describeService(s: ServiceRow): string {
   return `${status} · ${s.protocol}${s.port === null ? "" : ` ${s.port}`}`;
 }
 
-/** Text safe to put in a Markdown tooltip (names come from other cells). */
+/**
+ * Text safe to put inside a line of a Markdown tooltip (names come from
+ * other cells): emphasis, code, links, HTML and entities are escaped; a
+ * hyphen or a dot in a name stays as it is (they mean something only at the
+ * start of a line, where these texts never are).
+ */
 export function escapeMarkdown(text: string): string {
-  return text.replace(/[\\`*_{}[\]()#+\-.!|<>~&]/g, (c) => `\\${c}`);
+  return text.replace(/[\\`*_[\]<>~|&]/g, (c) => `\\${c}`);
 }
 
 export function formatLevel(level: number | null): string {

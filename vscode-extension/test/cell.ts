@@ -50,7 +50,7 @@ export interface CellOptions {
   token?: string;
   /** The metrics port (default: any free one). */
   metricsPort?: number;
-  /** AIOS_SERVICES, e.g. `web=3000,api=8443/https`. */
+  /** AIOS_SERVICES, e.g. `web=3000/http,api=8443/https` (tcp when left out). */
   services?: string;
   /** AIOS_TAGS, e.g. `role=desktop`. */
   tags?: string;

@@ -300,7 +300,8 @@ test("services: URLs, hosts and Markdown escaping", () => {
   assert.equal(hostOf(["/ip4/127.0.0.1/tcp/1"]), "127.0.0.1");
   assert.equal(hostOf(["/p2p-circuit"]), null);
   assert.equal(hostOf("nope"), null);
-  assert.equal(escapeMarkdown("a*b_[x](y)"), "a\\*b\\_\\[x\\]\\(y\\)");
+  assert.equal(escapeMarkdown("svc-a.lan"), "svc-a.lan");
+  assert.equal(escapeMarkdown("a*b_[x](y)<img>`c`"), "a\\*b\\_\\[x\\](y)\\<img\\>\\`c\\`");
   const idx = parseServiceIndex({ services: { grafana: "x", web: [{ peer_id: "P", address: "h", port: 80, protocol: "http", status: "up" }] } });
   assert.deepEqual([...idx.urls.values()], ["http://h/"]);
 });

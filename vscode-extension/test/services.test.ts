@@ -10,7 +10,7 @@ import { Server, createServer } from "node:http";
 import Module from "node:module";
 import { after, before, test } from "node:test";
 
-import { TestCell, freePort, waitFor } from "./cell";
+import { CELL_BIN, TestCell, freePort, waitFor } from "./cell";
 import { Recorder, TreeItem } from "./vscode-stub";
 
 const rec = new Recorder();
@@ -30,11 +30,6 @@ let web: Server | undefined;
 let webPort: number;
 let closedPort: number;
 const context = rec.context();
-/**
- * Set when the cell binary has no services in /health (one built before
- * them): each test then skips, saying so.
- */
-let missing: string | undefined;
 
 function listen(port: number): Promise<Server> {
   return new Promise((resolve, reject) => {
@@ -62,7 +57,7 @@ before(async () => {
   const addr = web.address();
   webPort = typeof addr === "object" && addr ? addr.port : 0;
   closedPort = await freePort(); // nothing listens there
-  a = await TestCell.start({ name: "svc-a", services: `web=${webPort},raw=${webPort}/tcp` });
+  a = await TestCell.start({ name: "svc-a", services: `web=${webPort}/http,raw=${webPort}` });
   b = await TestCell.start({
     name: "svc-b",
     peers: await a.p2pAddr(),
@@ -71,7 +66,7 @@ before(async () => {
   });
   const health = (await (await fetch(`${a.endpoint}/health`)).json()) as { services?: unknown };
   if (!Array.isArray(health.services)) {
-    missing = "the cell binary announces no services (/health has no services): build one with the services API";
+    throw new Error(`${CELL_BIN} announces no services (no "services" in /health): it was built before them; run cargo build`);
   }
   rec.config.set("aios.cellEndpoint", a.endpoint);
   ext.activate(context as never);
@@ -107,10 +102,7 @@ function icon(i: TreeItem): string {
   return t.color ? `${t.id} ${t.color.id}` : t.id;
 }
 
-test("each cell lists its services with their status; the tooltip counts the one down", async (t) => {
-  if (missing) {
-    return t.skip(missing);
-  }
+test("each cell lists its services with their status; the tooltip counts the one down", async () => {
   await waitForTree("both cells with their services checked", [
     /^svc-a \(this cell\) \| level 0\.5 · this cell$/,
     /^ {2}metrics \| up · http \d+$/,
@@ -141,10 +133,7 @@ test("each cell lists its services with their status; the tooltip counts the one
   assert.match(String(cellB.tooltip), /tags: role=desktop/);
 });
 
-test("an http service opens in the browser: by its line, its menu, or the Command Palette", async (t) => {
-  if (missing) {
-    return t.skip(missing);
-  }
+test("an http service opens in the browser: by its line, its menu, or the Command Palette", async () => {
   const webItem = item("svc-a (this cell)", "web");
   assert.equal(webItem.command?.command, "aios.openService");
   await rec.commands.get(webItem.command!.command)!(...(webItem.command!.arguments ?? []));
@@ -172,10 +161,7 @@ test("an http service opens in the browser: by its line, its menu, or the Comman
   assert.equal(rec.opened.length, before);
 });
 
-test("a service that goes down and comes back: the view and the tooltip follow", async (t) => {
-  if (missing) {
-    return t.skip(missing);
-  }
+test("a service that goes down and comes back: the view and the tooltip follow", async () => {
   await close(web);
   web = undefined;
   await waitForTree("web down", [
@@ -198,10 +184,7 @@ test("a service that goes down and comes back: the view and the tooltip follow",
   );
 });
 
-test("a cell that stops: its services stay as last known and leave the count", async (t) => {
-  if (missing) {
-    return t.skip(missing);
-  }
+test("a cell that stops: its services stay as last known and leave the count", async () => {
   await b.stop();
   await waitFor("svc-b not alive, its service out of the count", SERVICE_WAIT_MS, () =>
     /3 services, none down/.test(tooltip()) && rec.rowsDeep().some((l) => /^ {2}gone \| last known down · http \d+$/.test(l))

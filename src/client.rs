@@ -46,6 +46,8 @@ pub enum ClientError {
     NotJson { url: String, status: u16, detail: String },
     #[error("invalid API address {given:?}: expected a URL (http://127.0.0.1:8000) or host:port")]
     BadApi { given: String },
+    #[error("--tag {0:?}: expected key=value or key (e.g. --tag role=desktop)")]
+    BadTag(String),
     #[error("{var}={value:?} is not a host:port, so the client cannot find the cell from it; pass --api")]
     BadEnv { var: &'static str, value: String },
     #[error(transparent)]
@@ -224,6 +226,16 @@ impl Client {
         self.send(self.http.get(&url), &url).await
     }
 
+    /// `GET /services`, filtered by tag on the cell's side.
+    pub async fn services(&self, tag: Option<&TagFilter>) -> Result<Value, ClientError> {
+        let url = format!("{}/services", self.base);
+        let req = match tag {
+            Some(t) => self.http.get(&url).query(&[("tag", t.to_string())]),
+            None => self.http.get(&url),
+        };
+        self.send(req, &url).await
+    }
+
     pub async fn sync(&self, level: Option<f64>) -> Result<Value, ClientError> {
         let url = format!("{}/sync-consciousness", self.base);
         let req = match level {
@@ -387,6 +399,115 @@ pub fn format_health(v: &Value) -> String {
     out
 }
 
+/// `--tag key=value` (that value) or `--tag key` (any value).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagFilter {
+    key: String,
+    value: Option<String>,
+}
+
+impl TagFilter {
+    pub fn parse(text: &str) -> Result<TagFilter, ClientError> {
+        let (key, value) = match text.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim().to_owned())),
+            None => (text.trim(), None),
+        };
+        if key.is_empty() {
+            return Err(ClientError::BadTag(text.to_owned()));
+        }
+        Ok(TagFilter { key: key.to_owned(), value })
+    }
+
+    /// Whether a `/peers` row or `/health` (their `tags` object) matches.
+    pub fn matches(&self, row: &Value) -> bool {
+        match (row.get("tags").and_then(|t| t.get(&self.key)), &self.value) {
+            (Some(Value::String(v)), Some(want)) => v == want,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+
+    /// Keeps the `/peers` rows that match (and sets `count`).
+    pub fn retain_peers(&self, peers: &mut Value) {
+        if let Some(rows) = peers.get_mut("peers").and_then(Value::as_array_mut) {
+            rows.retain(|r| self.matches(r));
+            let n = rows.len();
+            peers["count"] = n.into();
+        }
+    }
+}
+
+impl std::fmt::Display for TagFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.value {
+            Some(v) => write!(f, "{}={v}", self.key),
+            None => write!(f, "{}", self.key),
+        }
+    }
+}
+
+/// A row's tags as `k=v,k=v`, escaped, or `-`.
+fn tags_text(v: &Value) -> String {
+    let tags: Vec<String> = v
+        .get("tags")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            let v = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+            escape_text(&format!("{k}={v}")).into_owned()
+        })
+        .collect();
+    if tags.is_empty() {
+        "-".into()
+    } else {
+        tags.join(",")
+    }
+}
+
+/// `aios-cell services` as a table: one line per service of each cell.
+pub fn format_services(v: &Value) -> String {
+    let mut rows = vec![[
+        "SERVICE".to_string(),
+        "CELL".into(),
+        "STATUS".into(),
+        "ENDPOINT".into(),
+        "URL".into(),
+    ]];
+    for (name, endpoints) in v.get("services").and_then(Value::as_object).into_iter().flatten() {
+        for e in endpoints.as_array().into_iter().flatten() {
+            let address = text(e, "address");
+            let endpoint = if address.contains(':') {
+                format!("[{address}]:{}/{}", text(e, "port"), text(e, "protocol"))
+            } else {
+                format!("{address}:{}/{}", text(e, "port"), text(e, "protocol"))
+            };
+            rows.push([
+                escape_text(name).into_owned(),
+                text(e, "cell_id"),
+                text(e, "status"),
+                endpoint,
+                text(e, "url"),
+            ]);
+        }
+    }
+    if rows.len() == 1 {
+        return "(no services known)\n".into();
+    }
+    let mut widths = [0usize; 5];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}
+
 /// `aios-cell peers` as a table, like `serf members`.
 /// `aios-cell peers` as a table: this cell first (from `/health`, when it
 /// answered), marked, then every cell it knows.
@@ -400,6 +521,7 @@ pub fn format_peers(v: &Value, this: Option<&Value>) -> String {
         "FOUND".into(),
         "PEER ID".into(),
         "ADDRESS".into(),
+        "TAGS".into(),
     ]];
     if let Some(h) = this {
         let addr = first_of(h, "listen_addrs");
@@ -412,6 +534,7 @@ pub fn format_peers(v: &Value, this: Option<&Value>) -> String {
             "-".into(),
             text(h, "peer_id"),
             addr,
+            tags_text(h),
         ]);
     }
     for p in v.get("peers").and_then(Value::as_array).into_iter().flatten() {
@@ -437,9 +560,10 @@ pub fn format_peers(v: &Value, this: Option<&Value>) -> String {
             text(p, "found_by"),
             text(p, "peer_id"),
             addr,
+            tags_text(p),
         ]);
     }
-    let mut widths = [0usize; 8];
+    let mut widths = [0usize; 9];
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());

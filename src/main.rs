@@ -108,7 +108,21 @@ enum Cmd {
     Health(ClientArgs),
     /// List the cells a running cell knows
     #[command(visible_alias = "members")]
-    Peers(ClientArgs),
+    Peers {
+        /// Only cells with this tag: key=value, or key for any value (e.g. role=desktop)
+        #[arg(long)]
+        tag: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List every service of the mesh: name, the cells that run it, their address and status
+    Services {
+        /// Only cells with this tag: key=value, or key for any value
+        #[arg(long)]
+        tag: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Broadcast a running cell's state, optionally setting its level first
     Sync {
         /// New consciousness level (finite, non-negative)
@@ -254,16 +268,27 @@ async fn client_verb(cmd: Cmd) -> anyhow::Result<ExitCode> {
             let healthy = v.get("status").and_then(|s| s.as_str()) == Some("healthy");
             Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Cmd::Peers(a) => {
+        Cmd::Peers { tag, client: a } => {
             let c = a.client()?;
-            let v = c.peers().await?;
+            let filter = tag.as_deref().map(client::TagFilter::parse).transpose()?;
+            let mut v = c.peers().await?;
+            if let Some(f) = &filter {
+                f.retain_peers(&mut v);
+            }
             if a.json {
                 print_json(&v);
             } else {
                 // This cell's own row comes from /health.
-                let this = c.health().await.ok();
+                let this =
+                    c.health().await.ok().filter(|h| filter.as_ref().is_none_or(|f| f.matches(h)));
                 print!("{}", client::format_peers(&v, this.as_ref()));
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Services { tag, client: a } => {
+            let filter = tag.as_deref().map(client::TagFilter::parse).transpose()?;
+            let v = a.client()?.services(filter.as_ref()).await?;
+            show(a.json, &v, client::format_services);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Sync { client: a, level } => {

@@ -1,5 +1,6 @@
 //! One prometheus-client registry for libp2p's own metrics and ours, served
-//! as OpenMetrics text on `GET /metrics`.
+//! on `GET /metrics` as OpenMetrics text, or as the Prometheus text format
+//! 0.0.4 to a client that prefers it (`Accept`, as client_golang decides).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -23,6 +24,9 @@ use crate::network::probe::{Outcome, Purpose};
 
 /// OpenMetrics content type, as Prometheus asks for it.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The Prometheus text format 0.0.4, for scrapers that do not speak
+/// OpenMetrics.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CellLabel {
@@ -285,6 +289,8 @@ pub async fn track_http(State(m): State<CellMetrics>, req: Request, next: Next) 
         Some("/health") => "/health",
         Some("/peers") => "/peers",
         Some("/events") => "/events",
+        Some("/services") => "/services",
+        Some("/sd/prometheus") => "/sd/prometheus",
         Some("/register") => "/register",
         Some("/sync-consciousness") => "/sync-consciousness",
         Some("/metrics") => "/metrics",
@@ -305,13 +311,158 @@ pub fn router(registry: Arc<Registry>) -> Router {
     Router::new().route("/metrics", get(serve)).with_state(registry)
 }
 
-async fn serve(State(registry): State<Arc<Registry>>) -> Response {
+/// Whether a client with this `Accept` header gets the text format 0.0.4
+/// rather than OpenMetrics. As client_golang negotiates: the media types
+/// in order of preference (`q`, the order given on a tie), and the first
+/// that is `application/openmetrics-text` or `text/plain` decides. A client
+/// that names neither (no header, `*/*`) gets OpenMetrics, as before.
+pub fn wants_text(accept: Option<&str>) -> bool {
+    let Some(accept) = accept else { return false };
+    let mut ranges: Vec<(f32, usize, String)> = accept
+        .split(',')
+        .enumerate()
+        .filter_map(|(i, range)| {
+            let mut parts = range.split(';');
+            let media = parts.next()?.trim().to_ascii_lowercase();
+            let mut q = 1.0f32;
+            for p in parts {
+                if let Some((k, v)) = p.split_once('=') {
+                    if k.trim().eq_ignore_ascii_case("q") {
+                        q = v.trim().parse().unwrap_or(0.0);
+                    }
+                }
+            }
+            (q > 0.0).then_some((q, i, media))
+        })
+        .collect();
+    ranges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    ranges
+        .iter()
+        .find_map(|(_, _, media)| match media.as_str() {
+            "application/openmetrics-text" => Some(false),
+            "text/plain" => Some(true),
+            _ => None,
+        })
+        .unwrap_or(false)
+}
+
+/// Rewrites prometheus-client's OpenMetrics text as the text format 0.0.4
+/// (prometheus-client encodes OpenMetrics only). The samples are the same;
+/// what differs is the metadata: a counter's `# HELP`/`# TYPE` name its
+/// samples' `_total` name, an info family is a gauge named `_info`,
+/// `unknown` is `untyped`, and `# UNIT`, exemplars and `# EOF` go.
+pub fn to_text_format(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<(&str, &str)> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            // Written after its TYPE, which may rename the family.
+            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "info" => (format!("{name}_info"), "gauge"),
+                "stateset" => (name.to_owned(), "gauge"),
+                "gaugehistogram" | "unknown" => (name.to_owned(), "untyped"),
+                other => (name.to_owned(), other),
+            };
+            if let Some((_, text)) = help.take() {
+                let text = text.replace("\\\"", "\"");
+                let _ = writeln_str(&mut out, &format!("# HELP {name} {text}"));
+            }
+            let _ = writeln_str(&mut out, &format!("# TYPE {name} {kind}"));
+            continue;
+        }
+        let _ = writeln_str(&mut out, without_exemplar(line));
+    }
+    out
+}
+
+/// A sample line without its exemplar (` # {labels} value`): the first
+/// ` # ` outside a quoted label value.
+fn without_exemplar(line: &str) -> &str {
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, c) in line.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ' ' if !quoted && line[i..].starts_with(" # ") => return &line[..i],
+            _ => {}
+        }
+    }
+    line
+}
+
+fn writeln_str(out: &mut String, line: &str) -> std::fmt::Result {
+    out.push_str(line);
+    out.push('\n');
+    Ok(())
+}
+
+async fn serve(State(registry): State<Arc<Registry>>, headers: axum::http::HeaderMap) -> Response {
     let mut body = String::with_capacity(16 * 1024);
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     match prometheus_client::encoding::text::encode(&mut body, &registry) {
+        Ok(()) if wants_text(accept) => {
+            ([(header::CONTENT_TYPE, TEXT_CONTENT_TYPE)], to_text_format(&body)).into_response()
+        }
         Ok(()) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "encoding metrics failed");
             (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed").into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_format_follows_the_clients_preference() {
+        // Prometheus 2.x and 3.x scrape headers.
+        assert!(!wants_text(Some(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        )));
+        assert!(!wants_text(Some(
+            "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+        )));
+        // A scraper of the text format only (older Prometheus, Telegraf, Datadog).
+        assert!(wants_text(Some("text/plain;version=0.0.4;q=1,*/*;q=0.1")));
+        assert!(wants_text(Some("text/plain")));
+        assert!(wants_text(Some(
+            "application/openmetrics-text;q=0.2, text/plain;version=0.0.4;q=0.5"
+        )));
+        // Refused by q=0.
+        assert!(wants_text(Some("application/openmetrics-text;q=0, text/plain")));
+        // Neither named: OpenMetrics, as before.
+        for accept in [None, Some("*/*"), Some("application/json"), Some("")] {
+            assert!(!wants_text(accept), "{accept:?}");
+        }
+    }
+
+    #[test]
+    fn openmetrics_becomes_the_text_format() {
+        let om = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total{m=\"GET\"} 3\n\
+                  # HELP a_lat_seconds Latency.\n# TYPE a_lat_seconds histogram\n# UNIT a_lat_seconds seconds\n\
+                  a_lat_seconds_sum 0.5\na_lat_seconds_count 2\n\
+                  a_lat_seconds_bucket{le=\"+Inf\"} 2 # {trace=\"x\"} 0.3 1\n\
+                  # HELP a_build Build.\n# TYPE a_build info\na_build_info{v=\"1\"} 1\n\
+                  # HELP a_level Level.\n# TYPE a_level gauge\na_level{c=\"x # \\\" # y\"} 0.5\n# EOF\n";
+        assert_eq!(
+            to_text_format(om),
+            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total{m=\"GET\"} 3\n\
+             # HELP a_lat_seconds Latency.\n# TYPE a_lat_seconds histogram\n\
+             a_lat_seconds_sum 0.5\na_lat_seconds_count 2\na_lat_seconds_bucket{le=\"+Inf\"} 2\n\
+             # HELP a_build_info Build.\n# TYPE a_build_info gauge\na_build_info{v=\"1\"} 1\n\
+             # HELP a_level Level.\n# TYPE a_level gauge\na_level{c=\"x # \\\" # y\"} 0.5\n"
+        );
     }
 }

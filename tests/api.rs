@@ -353,3 +353,111 @@ async fn register_with_the_token_may_name_a_third_party_from_anywhere() {
     assert!(dialed(status, &v), "{status} {v}");
     cell.shutdown().await;
 }
+
+/// A GET on the real HTTP port: status, content type, JSON body.
+async fn get_json(url: &str) -> (u16, String, Value) {
+    let r = reqwest::get(url).await.unwrap();
+    let status = r.status().as_u16();
+    let ct = r.headers()[header::CONTENT_TYPE].to_str().unwrap().to_owned();
+    (status, ct, r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn services_and_prometheus_sd_list_this_cell_with_its_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::loopback("sd-test", dir.path().to_path_buf());
+    config.tags = [("role", "desktop"), ("gpu.vendor", "amd")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    config.services = aios_cell::services::parse_services("web=1/http,ssh=2").unwrap();
+    let cell = Cell::start(config).await.unwrap();
+    let api = format!("http://{}", cell.http_addr());
+    let metrics_port = cell.metrics_addr().port();
+    let peer_id = cell.peer_id().to_base58();
+
+    // /health shows this cell's tags and services, the metrics port first.
+    let (_, _, health) = get_json(&format!("{api}/health")).await;
+    assert_eq!(health["tags"], serde_json::json!({"role": "desktop", "gpu.vendor": "amd"}));
+    assert_eq!(health["services"][0]["name"], "metrics");
+    assert_eq!(health["services"][0]["port"], metrics_port);
+    assert_eq!(health["services"][0]["protocol"], "http");
+    assert_eq!(
+        health["services"][1],
+        serde_json::json!({"name": "web", "port": 1, "protocol": "http", "status": health["services"][1]["status"]})
+    );
+    assert_eq!(health["services"][2]["protocol"], "tcp");
+    for s in health["services"].as_array().unwrap() {
+        assert!(["up", "down", "unknown"].contains(&s["status"].as_str().unwrap()), "{s}");
+    }
+
+    // /services: name -> cells, with address, port, status and a URL for web ones.
+    let (status, ct, v) = get_json(&format!("{api}/services")).await;
+    assert_eq!((status, ct.as_str()), (200, "application/json"));
+    let web = &v["services"]["web"][0];
+    assert_eq!(web["cell_id"], "sd-test");
+    assert_eq!(web["peer_id"], peer_id.as_str());
+    assert_eq!(web["address"], "127.0.0.1");
+    assert_eq!(web["port"], 1);
+    assert_eq!(web["url"], "http://127.0.0.1:1/");
+    assert!(v["services"]["ssh"][0].get("url").is_none(), "{v}");
+    assert_eq!(v["services"]["metrics"][0]["port"], metrics_port);
+    let (_, _, none) = get_json(&format!("{api}/services?tag=role=laptop")).await;
+    assert_eq!(none, serde_json::json!({"services": {}}));
+    let (_, _, some) = get_json(&format!("{api}/services?tag=role=desktop")).await;
+    assert_eq!(some["services"]["web"][0]["cell_id"], "sd-test");
+
+    // Prometheus HTTP SD: this cell's metrics port with its labels.
+    let (status, ct, v) = get_json(&format!("{api}/sd/prometheus")).await;
+    assert_eq!((status, ct.as_str()), (200, "application/json"));
+    assert_eq!(
+        v,
+        serde_json::json!([{
+            "targets": [format!("127.0.0.1:{metrics_port}")],
+            "labels": {
+                "cell_id": "sd-test", "branch": "main", "peer_id": peer_id,
+                "tag_role": "desktop", "tag_gpu_vendor": "amd",
+            },
+        }])
+    );
+    let (_, _, v) = get_json(&format!("{api}/sd/prometheus?service=ssh")).await;
+    assert_eq!(v[0]["targets"], serde_json::json!(["127.0.0.1:2"]));
+    assert_eq!(v[0]["labels"]["service"], "ssh");
+    let (status, _, v) = get_json(&format!("{api}/sd/prometheus?service=nope")).await;
+    assert_eq!((status, v), (200, serde_json::json!([])));
+    let (status, _, v) = get_json(&format!("{api}/sd/prometheus?tag==x")).await;
+    assert_eq!(status, 422, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("tag filter"), "{v}");
+    cell.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_come_as_the_text_format_to_a_client_that_prefers_it() {
+    let (cell, _dir) = cell(None).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/metrics", cell.metrics_addr());
+    let get = |accept: Option<&'static str>| {
+        let mut req = http.get(&url);
+        if let Some(a) = accept {
+            req = req.header(header::ACCEPT, a);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let ct = r.headers()[header::CONTENT_TYPE].to_str().unwrap().to_owned();
+            (ct, r.text().await.unwrap())
+        }
+    };
+    let (ct, text) = get(Some("text/plain;version=0.0.4;q=1,*/*;q=0.1")).await;
+    assert_eq!(ct, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
+    assert!(text.contains("# TYPE aios_gossip_messages_sent_total counter\n"), "{text}");
+    assert!(text.contains(r#"aios_consciousness_level{cell_id="router-test"} 0.5"#), "{text}");
+    // Prometheus's own header prefers OpenMetrics; no header gets it too.
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    for accept in [Some(prometheus), None] {
+        let (ct, text) = get(accept).await;
+        assert!(ct.starts_with("application/openmetrics-text"), "{accept:?}: {ct}");
+        assert!(text.ends_with("# EOF\n"), "{accept:?}");
+    }
+    cell.shutdown().await;
+}

@@ -448,6 +448,201 @@ fn prometheus_config_and_dashboard_queries_pass_promtool() {
     assert!(out.status.success(), "the dashboard's PromQL: {}", describe(&out));
 }
 
+/// The metrics in the text format 0.0.4 (what a client asking for
+/// `text/plain` gets) pass `promtool check metrics`, lints included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_text_format_passes_promtool_check_metrics() {
+    let Some(promtool) = tool("promtool", "promtool check metrics", "apt-get install prometheus")
+    else {
+        return;
+    };
+    let a = start("promtool-a", vec![]).await;
+    let port = p2p_port(&a).await;
+    let b = start("promtool-b", vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.cell.handle().snapshot().count(PeerState::Alive) < 1 {
+        assert!(Instant::now() < deadline, "the two cells did not connect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let http = reqwest::Client::new();
+    http.get(format!("{}/health", a.api)).send().await.unwrap();
+    let text = http
+        .get(format!("http://{}/metrics", a.cell.metrics_addr()))
+        .header("accept", "text/plain;version=0.0.4")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    b.cell.shutdown().await;
+    a.cell.shutdown().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("metrics.txt");
+    std::fs::write(&path, &text).unwrap();
+    let out = run(Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&path).unwrap()));
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}\n--- the metrics\n{text}",
+        describe(&out)
+    );
+}
+
+/// A Prometheus server of the test's own (storage in a temp dir, a
+/// loopback port), killed when dropped: also when the test fails.
+struct Prometheus {
+    child: std::process::Child,
+    url: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    fn start(bin: &std::path::Path, config: &str) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("prometheus.yml");
+        std::fs::write(&path, config).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = dir.path().join("prometheus.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", path.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        Prometheus { child, url: format!("http://127.0.0.1:{port}"), log, _dir: dir }
+    }
+
+    /// Its active targets: (cell_id label, health, instance), sorted.
+    async fn targets(&mut self) -> Result<Vec<(String, String, String)>, String> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            panic!("prometheus exited ({status}):\n{log}");
+        }
+        let url = format!("{}/api/v1/targets?state=active", self.url);
+        let v: Value = reqwest::get(&url)
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out: Vec<(String, String, String)> = v["data"]["activeTargets"]
+            .as_array()
+            .ok_or_else(|| format!("no activeTargets: {v}"))?
+            .iter()
+            .map(|t| {
+                let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+                (s(&t["labels"]["cell_id"]), s(&t["health"]), s(&t["labels"]["instance"]))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Waits (bounded) until the targets are `cells`, every one scraped
+    /// successfully; returns the full answer of /api/v1/targets then.
+    async fn wait_for(&mut self, cells: &[&str], within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let last = self.targets().await;
+            if let Ok(t) = &last {
+                let names: Vec<&str> = t.iter().map(|(c, _, _)| c.as_str()).collect();
+                if names == cells && t.iter().all(|(_, health, _)| health == "up") {
+                    let url = format!("{}/api/v1/targets?state=active", self.url);
+                    return reqwest::get(&url).await.unwrap().json().await.unwrap();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus's targets did not become {cells:?} within {within:?}: {last:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Prometheus with only `http_sd_configs` pointing at one cell scrapes
+/// every cell of the mesh; a cell started later is scraped, and a cell
+/// that stopped leaves the targets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_finds_every_cell_through_one_cells_sd_url() {
+    let Some(bin) = tool("prometheus", "the Prometheus HTTP SD test", "apt-get install prometheus")
+    else {
+        return;
+    };
+    let tagged = |role: &'static str| {
+        move |c: &mut Config| {
+            c.tags.insert("role".into(), role.into());
+        }
+    };
+    let a = inproc::start_with("sd-a", vec![], tagged("desktop")).await;
+    let seed: aios_cell::config::PeerAddr =
+        format!("/ip4/127.0.0.1/tcp/{}", p2p_port(&a).await).parse().unwrap();
+    let b = inproc::start_with("sd-b", vec![seed.clone()], tagged("laptop")).await;
+    let c = inproc::start_with("sd-c", vec![seed.clone()], tagged("nas")).await;
+    let refresh = Duration::from_secs(1);
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+         scrape_configs:\n  - job_name: aios-cells\n    honor_labels: true\n\
+         \x20   http_sd_configs:\n      - url: {}/sd/prometheus\n        refresh_interval: 1s\n",
+        a.api
+    );
+    let mut prometheus = Prometheus::start(&bin, &config);
+    let three = prometheus.wait_for(&["sd-a", "sd-b", "sd-c"], Duration::from_secs(60)).await;
+    // What the README shows: the targets of a 3-cell mesh found through one cell.
+    let shown: Vec<Value> = three["data"]["activeTargets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "scrapeUrl": t["scrapeUrl"], "health": t["health"], "labels": t["labels"],
+            })
+        })
+        .collect();
+    println!("targets:\n{}", serde_json::to_string_pretty(&shown).unwrap());
+    for t in three["data"]["activeTargets"].as_array().unwrap() {
+        let l = &t["labels"];
+        assert_eq!(l["job"], "aios-cells");
+        assert_eq!(l["branch"], "main");
+        assert!(l["peer_id"].as_str().is_some_and(|p| p.starts_with("12D3")), "{t}");
+        let role = match l["cell_id"].as_str() {
+            Some("sd-a") => "desktop",
+            Some("sd-b") => "laptop",
+            _ => "nas",
+        };
+        assert_eq!(l["tag_role"], role, "{t}");
+    }
+
+    // A fourth cell, started later, is scraped within a refresh or so.
+    let d = inproc::start_with("sd-d", vec![seed], tagged("vm")).await;
+    let started = Instant::now();
+    prometheus.wait_for(&["sd-a", "sd-b", "sd-c", "sd-d"], Duration::from_secs(30)).await;
+    println!("sd-d scraped {:?} after it started (refresh {refresh:?})", started.elapsed());
+
+    // A cell that stops leaves the targets.
+    c.cell.shutdown().await;
+    let stopped = Instant::now();
+    prometheus.wait_for(&["sd-a", "sd-b", "sd-d"], Duration::from_secs(30)).await;
+    println!("sd-c gone from the targets {:?} after it stopped", stopped.elapsed());
+    drop(prometheus);
+    for n in [d, b, a] {
+        n.cell.shutdown().await;
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Python-based checks: compose file and PowerShell scripts
 

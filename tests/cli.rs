@@ -283,6 +283,21 @@ fn start_up_errors_say_one_reason_once() {
     assert!(e.contains("did you mean `cell_id`?"), "{e}");
     let e = start_error(&[], Some("[tuning]\nheartbeat_sec = 1\n"));
     assert!(e.contains("did you mean `heartbeat_secs`?"), "{e}");
+
+    // Bad tags and services name the variable and the entry.
+    let e = start_error(&[("AIOS_TAGS", "role=desktop,gpu")], None);
+    assert_said_once(&e);
+    assert!(e.contains("AIOS_TAGS") && e.contains("\"gpu\""), "{e}");
+    let e = start_error(&[("AIOS_SERVICES", "grafana=3000/http,vault=70000")], None);
+    assert!(e.contains("AIOS_SERVICES") && e.contains("vault=70000"), "{e}");
+    let e = start_error(&[("AIOS_SERVICES", "ftp=21/ftp")], None);
+    assert!(e.contains("ftp=21/ftp") && e.contains("http, https or tcp"), "{e}");
+    let e = start_error(&[], Some("[services]\nweb = \"0/http\"\n"));
+    assert!(e.contains("[services]") && e.contains("web=0/http"), "{e}");
+    // Tags that would make the record too large for other cells.
+    let big: Vec<String> = (0..32).map(|i| format!("k{i}={}", "v".repeat(200))).collect();
+    let e = start_error(&[("AIOS_TAGS", &big.join(","))], None);
+    assert!(e.contains("4096 bytes") && e.contains("AIOS_TAGS"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -574,4 +589,55 @@ async fn id_prints_the_listen_addresses_of_the_running_cell() {
     let out = run(cmd).await;
     assert_eq!(stdout(&out).trim(), id);
     assert!(stderr(&out).contains("no running cell"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_filter_by_tag_and_services_lists_the_mesh() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::loopback("desk", dir.path().join("data"));
+    config.tags.insert("role".into(), "desktop".into());
+    config.services = aios_cell::services::parse_services("web=1/http").unwrap();
+    let a = Node { cell: Cell::start(config).await.unwrap(), dir };
+    let b = start("lap", None).await;
+    let home = a.dir.path();
+    let mut cmd = bin(home);
+    cmd.args(["join", &p2p_addr(&b).await, "--json", "--api", &a.api()]);
+    json(&run(cmd).await);
+
+    // Filtered on b's side: only the desktop (a) is listed.
+    let mut cmd = bin(home);
+    cmd.args(["peers", "--tag", "role=desktop", "--json", "--api", &b.api()]);
+    let v = json(&run(cmd).await);
+    let names: Vec<&str> =
+        v["peers"].as_array().unwrap().iter().filter_map(|p| p["cell_id"].as_str()).collect();
+    assert_eq!((names, v["count"].as_u64()), (vec!["desk"], Some(1)), "{v}");
+    let mut cmd = bin(home);
+    cmd.args(["peers", "--tag", "role=laptop", "--api", &a.api()]);
+    let table = stdout(&run(cmd).await);
+    assert!(!table.contains("desk") && !table.contains("lap "), "{table}");
+    let mut cmd = bin(home);
+    cmd.args(["peers", "--api", &b.api()]);
+    let table = stdout(&run(cmd).await);
+    assert!(table.lines().next().unwrap().ends_with("TAGS"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("desk") && l.ends_with("role=desktop")), "{table}");
+
+    // `services`: every service of the mesh, from either cell.
+    let mut cmd = bin(home);
+    cmd.args(["services", "--api", &b.api()]);
+    let table = stdout(&run(cmd).await);
+    let web: Vec<&str> = table.lines().filter(|l| l.starts_with("web")).collect();
+    assert_eq!(web.len(), 1, "{table}");
+    assert!(web[0].contains("desk") && web[0].contains("127.0.0.1:1/http"), "{table}");
+    assert!(web[0].ends_with("http://127.0.0.1:1/"), "{table}");
+    assert_eq!(table.lines().filter(|l| l.starts_with("metrics")).count(), 2, "{table}");
+    let mut cmd = bin(home);
+    cmd.args(["services", "--tag", "role=desktop", "--json", "--api", &b.api()]);
+    let v = json(&run(cmd).await);
+    assert_eq!(v["services"]["metrics"].as_array().map(Vec::len), Some(1), "{v}");
+    let mut cmd = bin(home);
+    cmd.args(["peers", "--tag", "=x", "--api", &b.api()]);
+    let out = run(cmd).await;
+    assert!(!out.status.success() && stderr(&out).contains("--tag"), "{}", stderr(&out));
+    b.cell.shutdown().await;
+    a.cell.shutdown().await;
 }

@@ -786,3 +786,80 @@ async fn records_relayed_with_forged_fields_or_signatures_are_refused() {
     );
     a.cell.shutdown().await;
 }
+
+/// A service that goes down on one cell is shown down on the others within
+/// the check period plus propagation: a TcpListener is the service, then
+/// it is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_goes_down_on_one_cell_is_shown_down_on_the_others() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let service = tokio::spawn(async move {
+        loop {
+            // Accept and close: a TCP check only needs the connect.
+            let _ = listener.accept().await;
+        }
+    });
+    let period = Duration::from_millis(200);
+    let a = start_with("svc-a", vec![], |c| {
+        c.services = aios_cell::services::parse_services(&format!("web={port}")).unwrap();
+        c.tags.insert("role".into(), "desktop".into());
+        c.tuning.service_check_interval_ms = period.as_millis() as u64;
+    })
+    .await;
+    let seed: PeerAddr = format!("/ip4/127.0.0.1/tcp/{}", p2p_port(&a).await).parse().unwrap();
+    let b = start("svc-b", vec![seed.clone()]).await;
+    let c = start("svc-c", vec![seed]).await;
+    let a_id = a.cell.peer_id().to_base58();
+    let web = |peers: &Value| -> Option<String> {
+        let s = peer(peers, &a_id)?["services"].as_array()?.iter().find(|s| s["name"] == "web")?;
+        s["status"].as_str().map(str::to_owned)
+    };
+    for n in [&b, &c] {
+        wait_for(n, "a's web service up", Duration::from_secs(15), |p| {
+            web(p).as_deref() == Some("up")
+        })
+        .await;
+        let peers = get(&format!("{}/peers", n.api)).await;
+        assert_eq!(peer(&peers, &a_id).unwrap()["tags"], json!({"role": "desktop"}));
+    }
+
+    service.abort();
+    let _ = service.await;
+    let down = Instant::now();
+    for n in [&b, &c] {
+        wait_for(n, "a's web service down", Duration::from_secs(15), |p| {
+            web(p).as_deref() == Some("down")
+        })
+        .await;
+    }
+    println!(
+        "down everywhere {:?} after the service stopped (check period {period:?})",
+        down.elapsed()
+    );
+    // b's /services says the same, with a's address and port.
+    let v = get(&format!("{}/services", b.api)).await;
+    let endpoint = v["services"]["web"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["cell_id"] == "svc-a")
+        .unwrap_or_else(|| panic!("{v:#}"));
+    assert_eq!(
+        (&endpoint["status"], &endpoint["port"], &endpoint["address"]),
+        (&json!("down"), &json!(port), &json!("127.0.0.1"))
+    );
+    // Every alive cell's metrics port is a service (b may learn of c later).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = get(&format!("{}/services", b.api)).await;
+        if v["services"]["metrics"].as_array().map(Vec::len) == Some(3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b lists not 3 metrics services: {v:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in [c, b, a] {
+        n.cell.shutdown().await;
+    }
+}

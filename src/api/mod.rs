@@ -1,11 +1,13 @@
 //! The HTTP API (axum), as `../shared/contract.md` fixes it:
 //! `GET /health`, `GET /peers`, `GET /events` (Server-Sent Events),
-//! `POST /register`, `POST /sync-consciousness` and `DELETE /peers/{id}`
+//! `POST /register`, `POST /sync-consciousness` and `DELETE /peers/{id}`,
+//! and every cell's services: `GET /services`, `GET /sd/prometheus`
 //! (docs/api.md has every field). Reads come from the network's snapshot; actions go to the
 //! network node as commands.
 
 mod error;
 pub mod handlers;
+pub mod sd;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -149,6 +151,8 @@ pub fn router(state: AppState, metrics: CellMetrics) -> Router {
         .route("/health", get(handlers::health))
         .route("/peers", get(handlers::peers))
         .route("/events", get(handlers::events))
+        .route("/services", get(sd::services))
+        .route("/sd/prometheus", get(sd::prometheus))
         .merge(actions)
         .fallback(not_found)
         .method_not_allowed_fallback(not_allowed)

@@ -10,6 +10,7 @@ import { Server, createServer } from "node:http";
 import Module from "node:module";
 import { after, before, test } from "node:test";
 
+import { CellClient } from "../src/client";
 import { CELL_BIN, TestCell, freePort, waitFor } from "./cell";
 import { Recorder, TreeItem } from "./vscode-stub";
 
@@ -127,6 +128,16 @@ test("each cell lists its services with their status; the tooltip counts the one
   const raw = item("svc-a (this cell)", "raw");
   assert.equal(raw.command, undefined, "a tcp service has nothing to open");
   assert.equal(raw.contextValue, "aiosService");
+  // Each http service opens the URL GET /services gives (the cell's address and the port).
+  const answer = await new CellClient(a.endpoint).services();
+  const withUrl = Object.entries(answer.services).flatMap(([name, eps]) => eps.filter((e) => e.url).map((e) => ({ name, ...e })));
+  assert.deepEqual(withUrl.map((e) => `${e.cell_id}/${e.name}`).sort(), ["svc-a/metrics", "svc-a/web", "svc-b/gone", "svc-b/metrics"]);
+  for (const e of withUrl) {
+    const label = e.cell_id === "svc-a" ? "svc-a (this cell)" : "svc-b";
+    assert.deepEqual(item(label, e.name).command?.arguments, [e.url], `${e.cell_id}/${e.name}`);
+  }
+  assert.equal(answer.services.raw?.[0]?.url, undefined, "tcp: no URL");
+
   // A cell with services is expanded, and its tags are in its tooltip.
   const cellB = rec.tree!.getTreeItem(rec.tree!.getChildren()[1]);
   assert.equal(cellB.collapsibleState, 2);

@@ -635,6 +635,16 @@ pub fn format_event(event: &str, data: &str) -> String {
             format!("level_changed: {} {} -> {}", who(&v), text(&v, "old_level"), text(&v, "level"))
         }
         "shutdown" => format!("shutdown: {} is stopping", who(&v)),
+        "services_changed" => {
+            let services: Vec<String> = v
+                .get("services")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|s| format!("{} {}", text(s, "name"), text(s, "status")))
+                .collect();
+            format!("services_changed: {} {}", who(&v), services.join(", "))
+        }
         _ => format!("{}: {}", escape_text(event), who(&v)),
     }
 }

@@ -824,9 +824,29 @@ async fn a_service_that_goes_down_on_one_cell_is_shown_down_on_the_others() {
         assert_eq!(peer(&peers, &a_id).unwrap()["tags"], json!({"role": "desktop"}));
     }
 
+    let mut events = c.cell.handle().subscribe();
     service.abort();
     let _ = service.await;
     let down = Instant::now();
+    // /events tells of it too (the handle's stream is what /events sends).
+    let event = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            let e = serde_json::to_value(events.recv().await.unwrap()).unwrap();
+            if e["type"] == "services_changed" && e["peer_id"] == a_id.as_str() {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("a services_changed event for a");
+    assert_eq!(event["cell_id"], "svc-a");
+    assert_eq!(event["self"], false);
+    assert_eq!(event["tags"], json!({"role": "desktop"}));
+    let status = |name: &str| {
+        event["services"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap()["status"]
+            .clone()
+    };
+    assert_eq!((status("web"), status("metrics")), (json!("down"), json!("up")), "{event}");
     for n in [&b, &c] {
         wait_for(n, "a's web service down", Duration::from_secs(15), |p| {
             web(p).as_deref() == Some("down")

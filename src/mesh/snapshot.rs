@@ -38,6 +38,16 @@ pub enum MeshEvent {
         #[serde(rename = "self")]
         is_self: bool,
     },
+    /// A cell's tags or services changed (a service went up or down, or
+    /// its first record brought them); `self` is true for this cell's own.
+    ServicesChanged {
+        peer_id: String,
+        cell_id: Option<String>,
+        tags: std::collections::BTreeMap<String, String>,
+        services: Vec<crate::network::protocol::Service>,
+        #[serde(rename = "self")]
+        is_self: bool,
+    },
     /// This cell's own status: health and how many cells it sees.
     Status {
         status: &'static str,
@@ -56,6 +66,7 @@ impl MeshEvent {
             MeshEvent::CellFailed { .. } => "cell_failed",
             MeshEvent::CellLeft { .. } => "cell_left",
             MeshEvent::LevelChanged { .. } => "level_changed",
+            MeshEvent::ServicesChanged { .. } => "services_changed",
             MeshEvent::Status { .. } => "status",
         }
     }

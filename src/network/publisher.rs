@@ -122,6 +122,9 @@ impl Publisher {
     /// the state to save, and the snapshot itself.
     pub(crate) fn publish(&mut self, snap: Snapshot) {
         self.coalescer.published();
+        for event in services_changed(&self.snapshot.borrow(), &snap) {
+            let _ = self.events.send(event);
+        }
         self.metrics.observe(&snap);
         let counts = (snap.connected(), snap.count(PeerState::Alive), snap.degraded.is_some());
         if counts != self.last_counts {
@@ -149,6 +152,38 @@ impl Publisher {
         }));
         self.snapshot.send_replace(Arc::new(snap));
     }
+}
+
+/// `services_changed` events for the cells (this one included) whose tags
+/// or services differ between two snapshots. A cell new in `new` has none:
+/// its `cell_joined` and the snapshot tell of it.
+fn services_changed(old: &Snapshot, new: &Snapshot) -> Vec<MeshEvent> {
+    let mut events = Vec::new();
+    if old.local.tags != new.local.tags || old.local.services != new.local.services {
+        events.push(MeshEvent::ServicesChanged {
+            peer_id: new.local.peer_id.clone(),
+            cell_id: Some(new.local.cell_id.clone()),
+            tags: new.local.tags.clone(),
+            services: new.local.services.clone(),
+            is_self: true,
+        });
+    }
+    let before: std::collections::HashMap<&str, _> =
+        old.peers.iter().map(|p| (p.peer_id.as_str(), (&p.tags, &p.services))).collect();
+    for p in &new.peers {
+        if let Some((tags, services)) = before.get(p.peer_id.as_str()) {
+            if **tags != p.tags || **services != p.services {
+                events.push(MeshEvent::ServicesChanged {
+                    peer_id: p.peer_id.clone(),
+                    cell_id: p.cell_id.clone(),
+                    tags: p.tags.clone(),
+                    services: p.services.clone(),
+                    is_self: false,
+                });
+            }
+        }
+    }
+    events
 }
 
 #[cfg(test)]

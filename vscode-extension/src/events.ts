@@ -30,6 +30,15 @@ export type CellEvent =
       old_level: number | null;
       self: boolean;
     }
+  | {
+      /** A cell's tags or services changed (a service went up or down); `self` for this cell's own. */
+      type: "services_changed";
+      peer_id: string;
+      cell_id: string | null;
+      tags?: Record<string, string>;
+      services?: ServiceEntry[];
+      self: boolean;
+    }
   | { type: "status"; status: "healthy" | "degraded"; reason: string | null; peers: number; peers_alive: number };
 
 /** One parsed SSE message: its `event:` name and joined `data:` lines. */
@@ -223,7 +232,16 @@ async function* watch(body: AsyncIterable<Uint8Array>, seen: () => void): AsyncG
   }
 }
 
-const KNOWN = new Set(["snapshot", "cell_joined", "cell_alive", "cell_failed", "cell_left", "level_changed", "status"]);
+const KNOWN = new Set([
+  "snapshot",
+  "cell_joined",
+  "cell_alive",
+  "cell_failed",
+  "cell_left",
+  "level_changed",
+  "services_changed",
+  "status",
+]);
 
 /** The event in a message, or undefined for unknown types (newer cells). */
 export function decodeEvent(msg: SseMessage): CellEvent | undefined {

@@ -93,6 +93,22 @@ export class MeshModel {
           row.level = e.level;
         }
         return true;
+      case "services_changed": {
+        // Fields are checked here: a stream event is not validated further.
+        if (e.self || (this.local && e.peer_id === this.local.peer_id)) {
+          this.localServices = parseServices(e.services);
+          this.localTags = parseTags(e.tags);
+        } else {
+          // A cell not listed yet comes with the next GET /peers, services and all.
+          const row = typeof e.peer_id === "string" ? this.rows.get(e.peer_id) : undefined;
+          if (!row) {
+            return false;
+          }
+          row.services = parseServices(e.services);
+          row.tags = parseTags(e.tags);
+        }
+        return true;
+      }
       case "cell_joined":
       case "cell_alive": {
         const row = this.row(e.peer_id, e.cell_id);

@@ -48,6 +48,8 @@ test("decodeEvent ignores unknown types and bad JSON", () => {
   assert.equal(decodeEvent({ event: "status", data: "not json" }), undefined);
   const e = decodeEvent({ event: "cell_left", data: '{"type":"cell_left","peer_id":"p","cell_id":"c"}' });
   assert.deepEqual(e, { type: "cell_left", peer_id: "p", cell_id: "c" });
+  const sc = decodeEvent({ event: "services_changed", data: '{"type":"services_changed","peer_id":"p","cell_id":"c","tags":{},"services":[],"self":false}' });
+  assert.equal(sc?.type, "services_changed");
 });
 
 test("the model follows a snapshot and events", () => {
@@ -268,6 +270,29 @@ test("services: each cell's services with status and URL; the summary counts the
 
   m.clear();
   assert.equal(m.servicesSummary(), null);
+});
+
+test("services: services_changed events update a cell's services, or this cell's own", () => {
+  const m = new MeshModel();
+  m.apply({ type: "snapshot", local: LOCAL, peers: [peer("P1", "desktop")] });
+  assert.equal(m.servicesSummary(), null);
+  const changed = (e: Record<string, unknown>) =>
+    m.apply({ type: "services_changed", cell_id: null, self: false, ...e } as Parameters<MeshModel["apply"]>[0]);
+  assert.equal(
+    changed({ peer_id: "P1", cell_id: "desktop", tags: { role: "desktop" }, services: [{ name: "web", port: 80, protocol: "http", status: "down" }] }),
+    true,
+  );
+  assert.equal(changed({ peer_id: "P0", self: true, services: [{ name: "metrics", port: 9091, protocol: "http", status: "up" }] }), true);
+  assert.equal(m.servicesSummary(), "1 service down: web on desktop");
+  assert.deepEqual(m.cells()[1]!.tags, { role: "desktop" });
+  // Unknown cells wait for the next GET /peers; junk fields are no services.
+  assert.equal(changed({ peer_id: "P9", services: [{ name: "x", port: 1, protocol: "tcp", status: "down" }] }), false);
+  assert.equal(changed({ peer_id: 7, services: [] }), false);
+  assert.equal(changed({ peer_id: "P1", services: "web=80", tags: null }), true);
+  assert.deepEqual(m.cells()[1]!.services, []);
+  assert.deepEqual(m.cells()[1]!.tags, {});
+  assert.equal(m.servicesSummary(), "1 service, none down");
+  assert.equal(m.cells().length, 2);
 });
 
 test("services: a cell whose /health lacks them takes its own from GET /services", () => {

@@ -11,6 +11,7 @@ import Module from "node:module";
 import { after, before, test } from "node:test";
 
 import { CellClient } from "../src/client";
+import { CellEvent, EventStream } from "../src/events";
 import { CELL_BIN, TestCell, freePort, waitFor } from "./cell";
 import { Recorder, TreeItem } from "./vscode-stub";
 
@@ -128,15 +129,18 @@ test("each cell lists its services with their status; the tooltip counts the one
   const raw = item("svc-a (this cell)", "raw");
   assert.equal(raw.command, undefined, "a tcp service has nothing to open");
   assert.equal(raw.contextValue, "aiosService");
-  // Each http service opens the URL GET /services gives (the cell's address and the port).
+  // Each http service opens the URL GET /services gives (the cell's address and the port),
+  // once the view has read it (a status can come first, in an event).
   const answer = await new CellClient(a.endpoint).services();
   const withUrl = Object.entries(answer.services).flatMap(([name, eps]) => eps.filter((e) => e.url).map((e) => ({ name, ...e })));
   assert.deepEqual(withUrl.map((e) => `${e.cell_id}/${e.name}`).sort(), ["svc-a/metrics", "svc-a/web", "svc-b/gone", "svc-b/metrics"]);
-  for (const e of withUrl) {
-    const label = e.cell_id === "svc-a" ? "svc-a (this cell)" : "svc-b";
-    assert.deepEqual(item(label, e.name).command?.arguments, [e.url], `${e.cell_id}/${e.name}`);
-  }
   assert.equal(answer.services.raw?.[0]?.url, undefined, "tcp: no URL");
+  const urlOf = (cell: string, name: string) => item(cell === "svc-a" ? "svc-a (this cell)" : "svc-b", name).command?.arguments?.[0];
+  await waitFor("the URLs of GET /services in the view", 15_000, () =>
+    withUrl.every((e) => urlOf(e.cell_id!, e.name) === e.url) ? true : undefined,
+  ).catch((e: unknown) => {
+    throw new Error(`${String(e)}: ${withUrl.map((x) => `${x.cell_id}/${x.name} ${x.url} vs ${urlOf(x.cell_id!, x.name)}`).join("; ")}`);
+  });
 
   // A cell with services is expanded, and its tags are in its tooltip.
   const cellB = rec.tree!.getTreeItem(rec.tree!.getChildren()[1]);
@@ -173,8 +177,24 @@ test("an http service opens in the browser: by its line, its menu, or the Comman
 });
 
 test("a service that goes down and comes back: the view and the tooltip follow", async () => {
+  // The event the view follows, as the stream delivers it.
+  const events: CellEvent[] = [];
+  const stream = new EventStream(a.endpoint, { onEvent: (e) => events.push(e) });
+  stream.start();
+  after(() => stream.stop());
+  await waitFor("the snapshot", 10_000, () => (events.some((e) => e.type === "snapshot") ? true : undefined));
   await close(web);
   web = undefined;
+  await waitFor("services_changed with web down", SERVICE_WAIT_MS, () =>
+    events.some(
+      (e) =>
+        e.type === "services_changed" &&
+        e.self &&
+        e.services?.some((s) => s.name === "web" && s.status === "down"),
+    )
+      ? true
+      : undefined,
+  );
   await waitForTree("web down", [
     /^svc-a \(this cell\) /,
     /^ {2}metrics \| up /,

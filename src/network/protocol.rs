@@ -608,6 +608,29 @@ mod tests {
         assert_eq!(r.to_cbor(), old);
     }
 
+    /// The bytes docs/protocol.md shows for `tags` and `services`.
+    #[test]
+    fn tags_and_services_encode_as_documented() {
+        let r = CellRecord {
+            tags: BTreeMap::from([("role".to_owned(), "desktop".to_owned())]),
+            services: vec![service(METRICS_SERVICE, 9091, ServiceProtocol::Http)],
+            ..record()
+        };
+        let hex: String = r.to_cbor().iter().map(|b| format!("{b:02x}")).collect();
+        assert!(hex.starts_with("aa"), "map(10): {hex}");
+        let tail = concat!(
+            "676c656176696e67f4",
+            "6474616773a164726f6c65676465736b746f70",
+            "687365727669636573",
+            "81a4646e616d65676d657472696373",
+            "64706f7274192383",
+            "6870726f746f636f6c6468747470",
+            "6673746174757362",
+            "7570"
+        );
+        assert!(hex.ends_with(tail), "{hex}");
+    }
+
     #[test]
     fn bad_tags_and_services_are_refused() {
         let refused = |r: CellRecord| CellRecord::from_cbor(&r.to_cbor()).unwrap_err();

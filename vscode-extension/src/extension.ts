@@ -48,9 +48,15 @@ class CellsTree implements vscode.TreeDataProvider<Node> {
 
   private cellItem(r: CellRow): vscode.TreeItem {
     const name = r.cellId ?? r.peerId.slice(0, 16) + "…";
+    // Open when it announces more than its metrics port (which every cell has),
+    // so a mesh of plain cells stays one line per cell.
     const item = new vscode.TreeItem(
       r.self ? `${name} (this cell)` : name,
-      r.services.length > 0 ? vscode.TreeItemCollapsibleState.Expanded : vscode.TreeItemCollapsibleState.None,
+      r.services.length === 0
+        ? vscode.TreeItemCollapsibleState.None
+        : r.services.some((s) => s.name !== "metrics")
+          ? vscode.TreeItemCollapsibleState.Expanded
+          : vscode.TreeItemCollapsibleState.Collapsed,
     );
     item.id = r.peerId;
     item.description = describeRow(r);

@@ -79,6 +79,14 @@ test("the AIOS Cells view lists every cell with level, state, round trip and how
     return rows.length === 2 && /^ui-b \| level 0\.5 · alive · [\d.]+ ms · inbound$/.test(rows[1]!) ? true : undefined;
   });
   assert.match(rec.rows()[0]!, /^ui-a \(this cell\) \| level 0\.9 · this cell$/);
+  // Every cell has its metrics service; a cell with nothing else starts collapsed.
+  const [self, other] = rec.tree!.getChildren();
+  assert.equal(rec.tree!.getTreeItem(self).collapsibleState, 1);
+  assert.equal(rec.tree!.getTreeItem(other).collapsibleState, 1);
+  assert.deepEqual(
+    rec.childItems("ui-a (this cell)").map((i) => i.label),
+    ["metrics"],
+  );
   await new CellClient(b.endpoint).sync(3);
   await waitFor("ui-b's new level in the view", 10_000, () =>
     rec.rows().some((r) => r.startsWith("ui-b | level 3.0 · alive")) ? true : undefined,

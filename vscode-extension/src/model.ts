@@ -127,7 +127,7 @@ export class MeshModel {
   /**
    * Takes the health fields the snapshot lacks (`status`, `reason`): a cell
    * that is already degraded when we connect sends no `status` event until
-   * something changes.
+   * something changes. Also this cell's services and tags, when it sends them.
    */
   applyHealth(h: Pick<Health, "status" | "reason" | "peer_id" | "services" | "tags">): void {
     if (this.local && this.local.peer_id !== h.peer_id) {

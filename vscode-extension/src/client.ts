@@ -18,6 +18,37 @@ export interface Health {
   uptime_seconds: number;
   listen_addrs: string[];
   vault_addr: string | null;
+  /** This cell's tags (cells from before services: absent). */
+  tags?: Record<string, string>;
+  /** This cell's services (cells from before services: absent). */
+  services?: ServiceEntry[];
+}
+
+/** A service a cell announces, as a `/peers` row or `/health` carries it. */
+export interface ServiceEntry {
+  name: string;
+  port: number;
+  /** `http`, `https` or `tcp`. */
+  protocol: string;
+  /** `up`, `down` or `unknown`: the announcing cell's own check. */
+  status: string;
+}
+
+/** One endpoint of `GET /services`. */
+export interface ServiceEndpoint {
+  cell_id: string | null;
+  peer_id: string;
+  address: string;
+  port: number;
+  protocol: string;
+  status: string;
+  /** Only for http and https services. */
+  url?: string;
+}
+
+/** `GET /services`: every service in the mesh by name. */
+export interface Services {
+  services: Record<string, ServiceEndpoint[]>;
 }
 
 export type PeerState = "alive" | "failed" | "left";
@@ -37,6 +68,9 @@ export interface PeerEntry {
   last_seen_ms: number;
   agent: string | null;
   relayed?: boolean;
+  /** Cells from before services send neither. */
+  tags?: Record<string, string>;
+  services?: ServiceEntry[];
 }
 
 export interface Peers {
@@ -198,6 +232,11 @@ export class CellClient {
 
   peers(): Promise<Peers> {
     return this.request<Peers>("GET", "/peers");
+  }
+
+  /** `GET /services` (a 404 from a cell from before services). */
+  services(): Promise<Services> {
+    return this.request<Services>("GET", "/services");
   }
 
   /**

@@ -2,7 +2,7 @@
 // body, and a connection that reconnects with backoff when the cell
 // restarts. No `vscode` import.
 
-import { PeerEntry, describeFetchError, errorDetail, normalizeEndpoint } from "./client";
+import { PeerEntry, ServiceEntry, describeFetchError, errorDetail, normalizeEndpoint } from "./client";
 
 /** This cell as the snapshot describes it. */
 export interface LocalState {
@@ -14,6 +14,9 @@ export interface LocalState {
   listen_addrs: string[];
   reachability?: string;
   relays?: string[];
+  /** When the cell sends them (newer cells; /health has them too). */
+  tags?: Record<string, string>;
+  services?: ServiceEntry[];
 }
 
 export type CellEvent =
@@ -25,6 +28,15 @@ export type CellEvent =
       cell_id: string | null;
       level: number;
       old_level: number | null;
+      self: boolean;
+    }
+  | {
+      /** A cell's tags or services changed (a service went up or down); `self` for this cell's own. */
+      type: "services_changed";
+      peer_id: string;
+      cell_id: string | null;
+      tags?: Record<string, string>;
+      services?: ServiceEntry[];
       self: boolean;
     }
   | { type: "status"; status: "healthy" | "degraded"; reason: string | null; peers: number; peers_alive: number };
@@ -220,7 +232,16 @@ async function* watch(body: AsyncIterable<Uint8Array>, seen: () => void): AsyncG
   }
 }
 
-const KNOWN = new Set(["snapshot", "cell_joined", "cell_alive", "cell_failed", "cell_left", "level_changed", "status"]);
+const KNOWN = new Set([
+  "snapshot",
+  "cell_joined",
+  "cell_alive",
+  "cell_failed",
+  "cell_left",
+  "level_changed",
+  "services_changed",
+  "status",
+]);
 
 /** The event in a message, or undefined for unknown types (newer cells). */
 export function decodeEvent(msg: SseMessage): CellEvent | undefined {

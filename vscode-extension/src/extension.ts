@@ -4,19 +4,36 @@
 
 import * as vscode from "vscode";
 
-import { CellAuthError, CellClient, CellError, normalizeEndpoint } from "./client";
+import { CellAuthError, CellClient, CellError, CellHttpError, normalizeEndpoint } from "./client";
 import { EventStream, StreamState } from "./events";
-import { CellRow, MeshModel, describeRow, formatLevel, parseLevel } from "./model";
+import {
+  CellRow,
+  MeshModel,
+  ServiceRow,
+  describeRow,
+  describeService,
+  escapeMarkdown,
+  formatLevel,
+  parseLevel,
+  safeUrl,
+} from "./model";
 
 const TOKEN_KEY = "aios.apiToken";
 const DEFAULT_ENDPOINT = "http://aios.local:8000";
-/** Round-trip times are not in the event stream: re-read /peers this often while the view is open. */
+/**
+ * Round-trip times and service checks are not in the event stream: re-read
+ * /peers, /services and /health this often (the status bar counts services
+ * down, so also while the view is closed).
+ */
 const PEERS_REFRESH_MS = 10_000;
 /** Bursts of events (a cell joining sends several) make one /peers read. */
 const PEERS_DEBOUNCE_MS = 300;
 
-class CellsTree implements vscode.TreeDataProvider<CellRow> {
-  private readonly changed = new vscode.EventEmitter<CellRow | undefined>();
+/** A line of the tree: a cell, or one of its services under it. */
+type Node = CellRow | ServiceRow;
+
+class CellsTree implements vscode.TreeDataProvider<Node> {
+  private readonly changed = new vscode.EventEmitter<Node | undefined>();
   readonly onDidChangeTreeData = this.changed.event;
 
   constructor(private readonly model: MeshModel) {}
@@ -25,11 +42,25 @@ class CellsTree implements vscode.TreeDataProvider<CellRow> {
     this.changed.fire(undefined);
   }
 
-  getTreeItem(r: CellRow): vscode.TreeItem {
+  getTreeItem(n: Node): vscode.TreeItem {
+    return n.kind === "service" ? this.serviceItem(n) : this.cellItem(n);
+  }
+
+  private cellItem(r: CellRow): vscode.TreeItem {
     const name = r.cellId ?? r.peerId.slice(0, 16) + "…";
-    const item = new vscode.TreeItem(r.self ? `${name} (this cell)` : name);
+    // Open when it announces more than its metrics port (which every cell has),
+    // so a mesh of plain cells stays one line per cell.
+    const item = new vscode.TreeItem(
+      r.self ? `${name} (this cell)` : name,
+      r.services.length === 0
+        ? vscode.TreeItemCollapsibleState.None
+        : r.services.some((s) => s.name !== "metrics")
+          ? vscode.TreeItemCollapsibleState.Expanded
+          : vscode.TreeItemCollapsibleState.Collapsed,
+    );
     item.id = r.peerId;
     item.description = describeRow(r);
+    const tags = Object.entries(r.tags).map(([k, v]) => `${k}=${v}`);
     item.tooltip = new vscode.MarkdownString(
       [
         `**${r.cellId ?? "(no record yet)"}**${r.self ? " (this cell)" : ""}`,
@@ -37,6 +68,7 @@ class CellsTree implements vscode.TreeDataProvider<CellRow> {
         `level: ${formatLevel(r.level)}`,
         `state: ${r.state}${r.connected && !r.self ? ", connected" : ""}${r.relayed ? " (through a relay)" : ""}`,
         ...(r.self ? [] : [`round trip: ${r.rttMs === null ? "unknown" : r.rttMs.toFixed(2) + " ms"}`, `found by: ${r.foundBy}`]),
+        ...(tags.length > 0 ? [`tags: ${escapeMarkdown(tags.join(", "))}`] : []),
       ].join("  \n"),
     );
     item.iconPath = new vscode.ThemeIcon(
@@ -46,8 +78,38 @@ class CellsTree implements vscode.TreeDataProvider<CellRow> {
     return item;
   }
 
-  getChildren(element?: CellRow): CellRow[] {
-    return element ? [] : this.model.cells();
+  private serviceItem(s: ServiceRow): vscode.TreeItem {
+    const item = new vscode.TreeItem(s.name, vscode.TreeItemCollapsibleState.None);
+    item.id = `${s.peerId}/service/${s.name}`;
+    item.description = describeService(s);
+    const cell = s.cellId ?? s.peerId.slice(0, 16) + "…";
+    item.tooltip = new vscode.MarkdownString(
+      [
+        `**${escapeMarkdown(s.name)}** on ${escapeMarkdown(cell)}`,
+        `status: ${s.status}${s.cellAlive ? " (checked by its cell)" : " (last known: the cell is not alive)"}`,
+        `protocol: ${escapeMarkdown(s.protocol)}${s.port === null ? "" : `, port ${s.port}`}`,
+        ...(s.url ? [`${escapeMarkdown(s.url)}: click to open in the browser`] : []),
+      ].join("  \n"),
+    );
+    item.iconPath = !s.cellAlive
+      ? new vscode.ThemeIcon("circle-outline")
+      : s.status === "up"
+        ? new vscode.ThemeIcon("pass", new vscode.ThemeColor("testing.iconPassed"))
+        : s.status === "down"
+          ? new vscode.ThemeIcon("error", new vscode.ThemeColor("testing.iconFailed"))
+          : new vscode.ThemeIcon("question");
+    if (s.url) {
+      item.command = { command: "aios.openService", title: "Open in Browser", arguments: [s.url] };
+    }
+    item.contextValue = s.url ? "aiosService.open" : "aiosService";
+    return item;
+  }
+
+  getChildren(element?: Node): Node[] {
+    if (!element) {
+      return this.model.cells();
+    }
+    return element.kind === "cell" ? this.model.servicesOf(element) : [];
   }
 }
 
@@ -68,7 +130,7 @@ class Connection implements vscode.Disposable {
     private readonly context: vscode.ExtensionContext,
     private readonly status: vscode.StatusBarItem,
     private readonly tree: CellsTree,
-    private readonly view: vscode.TreeView<CellRow>,
+    private readonly view: vscode.TreeView<Node>,
     private readonly log: vscode.OutputChannel,
   ) {}
 
@@ -94,6 +156,7 @@ class Connection implements vscode.Disposable {
     this.state = undefined;
     this.lastError = undefined;
     const endpoint = this.endpoint();
+    this.model.selfHost = hostOfEndpoint(endpoint);
     let stream: EventStream;
     try {
       stream = new EventStream(endpoint, {
@@ -116,11 +179,7 @@ class Connection implements vscode.Disposable {
     this.log.appendLine(`connecting to ${endpoint}`);
     this.stream = stream;
     stream.start();
-    this.peersTimer = setInterval(() => {
-      if (this.view.visible) {
-        void this.refreshPeers();
-      }
-    }, PEERS_REFRESH_MS);
+    this.peersTimer = setInterval(() => void this.refreshPeers(), PEERS_REFRESH_MS);
     this.render();
   }
 
@@ -165,19 +224,40 @@ class Connection implements vscode.Disposable {
     }, PEERS_DEBOUNCE_MS);
   }
 
+  /**
+   * Re-reads `/peers` (round trips, the peers' services), `/services` (their
+   * URLs) and `/health` (this cell's own services). A cell from before
+   * services answers `/services` with a 404: no URLs, nothing else changes.
+   */
   async refreshPeers(): Promise<void> {
     if (!this.model.local) {
       return;
     }
+    let client: CellClient;
     try {
-      const peers = await (await this.client()).peers();
-      if (this.model.local && peers.peer_id === this.model.local.peer_id) {
-        this.model.refresh(peers.peers);
-        this.render();
-      }
+      client = await this.client();
     } catch {
-      // The event stream reports an unreachable cell.
+      return; // a bad endpoint: the stream says so
     }
+    const [peers, services, health] = await Promise.allSettled([client.peers(), client.services(), client.health()]);
+    const me = this.model.local?.peer_id;
+    if (!me) {
+      return;
+    }
+    // Answers from the cell we show (not one restarted with another identity in between).
+    if (peers.status === "fulfilled" && peers.value.peer_id === me) {
+      this.model.refresh(peers.value.peers);
+    }
+    if (health.status === "fulfilled") {
+      this.model.applyHealth(health.value);
+    }
+    if (services.status === "fulfilled") {
+      this.model.applyServices(services.value);
+    } else if (services.reason instanceof CellHttpError && services.reason.status === 404) {
+      this.model.applyServices(undefined);
+    }
+    // An unreachable cell: the event stream reports it.
+    this.render();
   }
 
   render(): void {
@@ -185,11 +265,13 @@ class Connection implements vscode.Disposable {
     const m = this.model;
     if (m.local) {
       this.status.text = `$(broadcast) ${m.statusText()}`;
+      const services = m.servicesSummary();
       const tip = new vscode.MarkdownString(
         [
           `**AIOS cell ${m.local.cell_id}** at ${endpoint}`,
           `level ${formatLevel(m.local.consciousness_level)} · network level ${formatLevel(m.networkLevel())} · branch ${m.local.branch}`,
           `${m.alive()} other cells alive · ${m.status}${m.reason ? `: ${m.reason}` : ""}`,
+          ...(services ? [escapeMarkdown(services)] : []),
           ...(this.needsToken ? ["This cell needs an API token for changes: run **AIOS: Set API Token**."] : []),
           "Click to sync the level.",
         ].join("  \n"),
@@ -233,6 +315,53 @@ class Connection implements vscode.Disposable {
   dispose(): Promise<void> {
     // Wait for a restart in flight, else it would open a stream after this.
     return this.restarting.then(() => this.stopStream());
+  }
+}
+
+/** The host name of the endpoint (IPv6 without brackets), or null for a bad one. */
+function hostOfEndpoint(endpoint: string): string | null {
+  try {
+    const host = new URL(normalizeEndpoint(endpoint)).hostname;
+    return host.startsWith("[") ? host.slice(1, -1) : host || null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * What "open" was given: a URL (a service line's click), a service line (its
+ * context menu), or nothing (the Command Palette: pick one).
+ */
+async function openService(arg: unknown, conn: Connection): Promise<void> {
+  let url: string | null | undefined;
+  if (typeof arg === "string") {
+    url = arg;
+  } else if (arg && typeof arg === "object" && (arg as { kind?: unknown }).kind === "service") {
+    url = (arg as ServiceRow).url;
+  } else {
+    const open = conn.model.liveServices().filter((s) => s.url);
+    if (open.length === 0) {
+      void vscode.window.showInformationMessage("No cell announces an http or https service that can be opened.");
+      return;
+    }
+    const pick = await vscode.window.showQuickPick(
+      open.map((s) => ({ label: s.name, description: `${s.cellId ?? s.peerId} · ${s.status}`, detail: s.url ?? "", url: s.url })),
+      { title: "AIOS: Open Service in Browser", matchOnDescription: true },
+    );
+    if (!pick) {
+      return; // cancelled
+    }
+    url = pick.url;
+  }
+  const safe = safeUrl(url);
+  if (!safe) {
+    const shown = JSON.stringify(url ?? null);
+    void vscode.window.showErrorMessage(`Cannot open the service: ${shown} is not an http or https URL with a host to open.`);
+    return;
+  }
+  const opened = await vscode.env.openExternal(vscode.Uri.parse(safe));
+  if (!opened) {
+    void vscode.window.showErrorMessage(`Could not open ${safe} in the browser.`);
   }
 }
 
@@ -380,6 +509,7 @@ export function activate(context: vscode.ExtensionContext): void {
       conn.retryNow();
       await conn.refreshPeers();
     }),
+    vscode.commands.registerCommand("aios.openService", (arg?: unknown) => openService(arg, conn)),
     vscode.commands.registerCommand("aios.showLog", () => log.show(true)),
     vscode.workspace.onDidChangeConfiguration((e) => {
       if (e.affectsConfiguration("aios.cellEndpoint")) {

@@ -50,6 +50,10 @@ export interface CellOptions {
   token?: string;
   /** The metrics port (default: any free one). */
   metricsPort?: number;
+  /** AIOS_SERVICES, e.g. `web=3000/http,api=8443/https` (tcp when left out). */
+  services?: string;
+  /** AIOS_TAGS, e.g. `role=desktop`. */
+  tags?: string;
 }
 
 export class TestCell {
@@ -115,6 +119,12 @@ export class TestCell {
     if (opts.token) {
       env.AIOS_API_TOKEN = opts.token;
     }
+    if (opts.services) {
+      env.AIOS_SERVICES = opts.services;
+    }
+    if (opts.tags) {
+      env.AIOS_TAGS = opts.tags;
+    }
     const proc = spawn(CELL_BIN, ["run"], { env, stdio: ["ignore", "pipe", "pipe"] });
     this.proc = proc;
     live.add(proc);
@@ -150,14 +160,23 @@ export class TestCell {
     throw new Error(`${this.name} did not answer /health within 20 s: ${this.log}`);
   }
 
-  /** Its libp2p TCP address on loopback, from /health. */
+  /**
+   * Its libp2p TCP address on loopback, from /health. The HTTP API can answer
+   * before the listener reports its address: waits for it (≤ 10 s).
+   */
   async p2pAddr(): Promise<string> {
-    const h = (await (await fetch(`${this.endpoint}/health`)).json()) as { listen_addrs: string[] };
-    const a = h.listen_addrs.find((x) => x.startsWith("/ip4/127.0.0.1/tcp/"));
-    if (!a) {
-      throw new Error(`${this.name} has no loopback TCP address: ${JSON.stringify(h.listen_addrs)}`);
+    let seen: string[] = [];
+    const deadline = Date.now() + 10_000;
+    while (Date.now() < deadline) {
+      const h = (await (await fetch(`${this.endpoint}/health`)).json()) as { listen_addrs: string[] };
+      seen = h.listen_addrs;
+      const a = seen.find((x) => x.startsWith("/ip4/127.0.0.1/tcp/"));
+      if (a) {
+        return a;
+      }
+      await sleep(50);
     }
-    return a;
+    throw new Error(`${this.name} has no loopback TCP address: ${JSON.stringify(seen)}`);
   }
 
   /** SIGTERM (a clean leave), then waits for the exit (≤ 10 s). */

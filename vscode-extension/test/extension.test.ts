@@ -79,6 +79,14 @@ test("the AIOS Cells view lists every cell with level, state, round trip and how
     return rows.length === 2 && /^ui-b \| level 0\.5 · alive · [\d.]+ ms · inbound$/.test(rows[1]!) ? true : undefined;
   });
   assert.match(rec.rows()[0]!, /^ui-a \(this cell\) \| level 0\.9 · this cell$/);
+  // Every cell has its metrics service; a cell with nothing else starts collapsed.
+  const [self, other] = rec.tree!.getChildren();
+  assert.equal(rec.tree!.getTreeItem(self).collapsibleState, 1);
+  assert.equal(rec.tree!.getTreeItem(other).collapsibleState, 1);
+  assert.deepEqual(
+    rec.childItems("ui-a (this cell)").map((i) => i.label),
+    ["metrics"],
+  );
   await new CellClient(b.endpoint).sync(3);
   await waitFor("ui-b's new level in the view", 10_000, () =>
     rec.rows().some((r) => r.startsWith("ui-b | level 3.0 · alive")) ? true : undefined,
@@ -158,6 +166,20 @@ test("a cell that needs a token: the error offers to set it, SecretStorage keeps
   } finally {
     await t.dispose();
   }
+});
+
+test("Open Service in Browser opens http and https URLs only", async () => {
+  await rec.commands.get("aios.openService")!("http://127.0.0.1:3000/");
+  assert.equal(rec.opened.at(-1), "http://127.0.0.1:3000/");
+  const opened = rec.opened.length;
+  for (const bad of ["javascript:alert(1)", "file:///etc/passwd", "command:aios.showLog", "http://0.0.0.0:3000/"]) {
+    await rec.commands.get("aios.openService")!(bad);
+    assert.match(rec.errors.at(-1)!, /^Cannot open the service: .* is not an http or https URL with a host to open\.$/, bad);
+  }
+  // A service line whose cell sent no usable address has nothing to open either.
+  await rec.commands.get("aios.openService")!({ kind: "service", url: null });
+  assert.match(rec.errors.at(-1)!, /^Cannot open the service: null /);
+  assert.equal(rec.opened.length, opened);
 });
 
 test("a bad endpoint setting is a clear message, not a crash", async () => {

@@ -20,17 +20,42 @@ export class EventEmitter<T> {
   }
 }
 
+export const TreeItemCollapsibleState = { None: 0, Collapsed: 1, Expanded: 2 } as const;
+
+export interface Command {
+  command: string;
+  title: string;
+  arguments?: unknown[];
+}
+
 export class TreeItem {
   id?: string;
   description?: string;
   tooltip?: unknown;
   iconPath?: unknown;
   contextValue?: string;
-  constructor(readonly label: string) {}
+  command?: Command;
+  constructor(
+    readonly label: string,
+    readonly collapsibleState: number = TreeItemCollapsibleState.None,
+  ) {}
 }
 
 export class ThemeIcon {
-  constructor(readonly id: string) {}
+  constructor(
+    readonly id: string,
+    readonly color?: ThemeColor,
+  ) {}
+}
+
+export class Uri {
+  private constructor(private readonly value: string) {}
+  static parse(value: string): Uri {
+    return new Uri(value);
+  }
+  toString(): string {
+    return this.value;
+  }
 }
 
 export class ThemeColor {
@@ -79,6 +104,12 @@ export class Recorder {
   /** Which button to press on the next error message (undefined = dismiss). */
   readonly errorPicks: (string | undefined)[] = [];
   readonly inputPrompts: InputBoxOptions[] = [];
+  /** Which item to pick in the next quick pick, by label (undefined = Escape). */
+  readonly quickPicks: (string | undefined)[] = [];
+  /** The items each quick pick offered. */
+  readonly quickPickItems: { label: string; description?: string; detail?: string }[][] = [];
+  /** What env.openExternal was asked to open. */
+  readonly opened: string[] = [];
   status: StatusBar | undefined;
   treeView: { message: string | undefined; visible: boolean } | undefined;
   tree: { getChildren(e?: unknown): unknown[]; getTreeItem(e: unknown): TreeItem } | undefined;
@@ -91,7 +122,9 @@ export class Recorder {
     return {
       EventEmitter,
       TreeItem,
+      TreeItemCollapsibleState,
       ThemeIcon,
+      Uri,
       ThemeColor,
       MarkdownString,
       StatusBarAlignment,
@@ -121,6 +154,11 @@ export class Recorder {
           rec.errors.push(m);
           return rec.errorPicks.shift();
         },
+        async showQuickPick<T extends { label: string }>(items: T[]) {
+          rec.quickPickItems.push(items);
+          const label = rec.quickPicks.shift();
+          return label === undefined ? undefined : items.find((i) => i.label === label);
+        },
         async showInputBox(o: InputBoxOptions) {
           rec.inputPrompts.push(o);
           const v = rec.inputs.shift();
@@ -128,6 +166,12 @@ export class Recorder {
             throw new Error(`the input box would refuse ${JSON.stringify(v)}: ${o.validateInput(v)}`);
           }
           return v;
+        },
+      },
+      env: {
+        async openExternal(uri: Uri) {
+          rec.opened.push(uri.toString());
+          return true;
         },
       },
       commands: {
@@ -177,6 +221,37 @@ export class Recorder {
         delete: async (k: string) => void this.secrets.delete(k),
       },
     };
+  }
+
+  /**
+   * The tree with children, as `label | description`, a child indented by
+   * two spaces under its parent.
+   */
+  rowsDeep(): string[] {
+    const tree = this.tree;
+    if (!tree) {
+      return [];
+    }
+    const lines: string[] = [];
+    const walk = (parent: unknown, depth: number) => {
+      for (const r of tree.getChildren(parent)) {
+        const item = tree.getTreeItem(r);
+        lines.push(`${"  ".repeat(depth)}${item.label} | ${item.description ?? ""}`);
+        walk(r, depth + 1);
+      }
+    };
+    walk(undefined, 0);
+    return lines;
+  }
+
+  /** The tree items of a cell's children (its services), found by the cell's label. */
+  childItems(cellLabel: string): TreeItem[] {
+    const tree = this.tree;
+    if (!tree) {
+      return [];
+    }
+    const cell = tree.getChildren().find((r) => tree.getTreeItem(r).label === cellLabel);
+    return cell === undefined ? [] : tree.getChildren(cell).map((r) => tree.getTreeItem(r));
   }
 
   /** The tree's rows as `label | description`. */

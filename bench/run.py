@@ -1254,6 +1254,7 @@ class Suite:
         t0 = self.s.start_all()
         ok = self.wait_converged(self.o.converge_timeout)
         times, bounded = self.s.convergence_times(self.hosts)
+        self.startup_cpu(t0)
         udp1 = self.lab.udp_errors()
         drops = (udp1[0] - udp0[0], udp1[1] - udp0[1])
         if drops != (0, 0):
@@ -1282,6 +1283,23 @@ class Suite:
         self.connections("conns")
         self.converged_ok = True
         return True
+
+    def startup_cpu(self, t0):
+        """CPU the processes used from the start gate to now (convergence or
+        the timeout), per process and as a share of the whole box: near
+        100 % the box's cores, not the protocol, set the pace."""
+        now = time.monotonic()
+        total = 0.0
+        for p in self.s.procs.values():
+            try:
+                total += proc_cpu(p.pid)[0]
+            except (OSError, ValueError, IndexError):
+                pass
+        n, cores = max(1, len(self.s.procs)), os.cpu_count() or 1
+        busy = total / (cores * max(now - t0, 1e-3))
+        self.figs["conv_cpu"] = Fig(total / n, f"{total / n * 1000:.0f} ms")
+        self.figs["conv_busy"] = Fig(busy, f"{busy * 100:.0f} % of {cores} cores "
+                                           f"({total:.1f} CPU-s in {now - t0:.1f} s)")
 
     def connections(self, key):
         """Connections per process: rows with "connected": true in each
@@ -1617,6 +1635,8 @@ def http_bench(opts, lab, poller, figs, notes, static_bin):
 ROWS = [
     ("conv", "zero-config convergence", "≤ 0.25 s (N=20), ≤ 1 s (N=50)",
      lambda v, n: v <= 0.25 if n == 20 else (v <= 1.0 if n == 50 else None)),
+    ("conv_cpu", "  CPU per process from start to convergence", "", None),
+    ("conv_busy", "  the box's cores busy from start to convergence (all processes)", "", None),
     ("conns", "connections per cell after convergence (GET /peers rows connected)", "≤ 16 (any N)",
      lambda v, n: v <= 16),
     ("conns_idle", "  connections per cell at the end of the idle window", "≤ 16 (any N)",

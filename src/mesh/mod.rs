@@ -554,6 +554,16 @@ impl MeshView {
         self.peers.get(peer).map(|r| &r.entry)
     }
 
+    /// Whether the mesh vouches for `peer`: alive here, and known from its
+    /// record (its own, or relayed), not only from an mDNS answer. A dial
+    /// of such a cell that fails here says less than that: the cells
+    /// linked to it are its judges.
+    pub fn vouched(&self, peer: &PeerId) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|r| r.entry.state == PeerState::Alive && r.entry.cell_id.is_some())
+    }
+
     pub fn state_of(&self, peer: &PeerId) -> Option<PeerState> {
         self.peers.get(peer).map(|r| r.entry.state)
     }
@@ -804,6 +814,20 @@ mod tests {
         bye.leaving = true;
         m.merge(p, &bye.signed(&key).expect("signed"), FoundBy::Gossip, false);
         assert_eq!(m.get(&p).unwrap().state, PeerState::Left);
+    }
+
+    #[test]
+    fn the_mesh_vouches_for_a_cell_known_by_its_record() {
+        let mut m = MeshView::default();
+        let (heard, recorded) = (PeerId::random(), PeerId::random());
+        let addr: Multiaddr = "/ip4/10.0.0.2/tcp/8001".parse().expect("addr");
+        m.discovered(heard, std::slice::from_ref(&addr), FoundBy::Mdns);
+        assert!(!m.vouched(&heard), "an mDNS answer alone vouches for nothing");
+        m.merge(recorded, &rec(4, 1.0), FoundBy::Gossip, false);
+        assert!(m.vouched(&recorded), "its record, relayed");
+        m.unreachable(recorded);
+        assert!(!m.vouched(&recorded), "failed");
+        assert!(!m.vouched(&PeerId::random()), "unknown");
     }
 
     #[test]

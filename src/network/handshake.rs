@@ -40,9 +40,9 @@ impl Failure {
                     .find(|f| matches!(f, Failure::Handshake(_) | Failure::NotLibp2p(_)))
                     .or(classified.first())
                     .cloned()
-                    .unwrap_or_else(|| Failure::Other(e.to_string()))
+                    .unwrap_or_else(|| other(e))
             }
-            other => Failure::Other(other.to_string()),
+            e => other(e),
         }
     }
 
@@ -50,7 +50,7 @@ impl Failure {
         match e {
             ListenError::WrongPeerId { obtained, .. } => Failure::WrongPeer { obtained: *obtained },
             ListenError::Transport(t) => of_chain(t),
-            other => Failure::Other(other.to_string()),
+            e => other(e),
         }
     }
 }
@@ -74,13 +74,24 @@ fn of_chain(e: &(dyn StdError + 'static)) -> Failure {
             // An io::Error's `source` skips the error it wraps: descend
             // into that one instead.
             if let Some(inner) = io.get_ref() {
+                // libp2p's transport timeout, which says nothing in Display.
+                if format!("{inner:?}") == "Timeout" {
+                    return Failure::TimedOut;
+                }
                 cur = Some(inner as &(dyn StdError + 'static));
                 continue;
             }
         }
         cur = err.source();
     }
-    Failure::Other(e.to_string())
+    other(e)
+}
+
+/// An unclassified failure, in words (some errors say nothing in Display:
+/// their Debug form then).
+fn other(e: &(dyn StdError + 'static)) -> Failure {
+    let text = e.to_string();
+    Failure::Other(if text.trim().is_empty() { format!("{e:?}") } else { text })
 }
 
 /// Explains failed handshakes once per remote: in a private mesh most
@@ -169,6 +180,26 @@ mod tests {
         let nego = io::Error::other(libp2p::core::upgrade::NegotiationError::Failed);
         assert!(matches!(of_chain(&nego), Failure::NotLibp2p(_)));
         assert!(matches!(of_chain(&io::Error::other("strange")), Failure::Other(_)));
+        // An upgrade's timeout (as a dial under load reports it): nothing
+        // in Display, `Timeout` in Debug.
+        #[derive(Debug)]
+        struct Timeout;
+        impl std::fmt::Display for Timeout {
+            fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                Ok(())
+            }
+        }
+        impl StdError for Timeout {}
+        assert_eq!(of_chain(&io::Error::other(Timeout)), Failure::TimedOut);
+        #[derive(Debug)]
+        struct Mute;
+        impl std::fmt::Display for Mute {
+            fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                Ok(())
+            }
+        }
+        impl StdError for Mute {}
+        assert_eq!(of_chain(&Mute), Failure::Other("Mute".into()), "Debug when Display is empty");
     }
 
     #[test]

@@ -27,6 +27,14 @@ use crate::mesh::{MeshView, PeerState};
 /// A watched cell whose beats have not started this long after we
 /// subscribed is probed over TCP instead (UDP does not get through).
 pub(crate) const FIRST_BEAT_WAIT: Duration = Duration::from_secs(3);
+/// A cell whose beats did not come (or ended) is watched by TCP probes,
+/// and asked for beats again this long after; each failure in a row
+/// doubles the wait, up to [`BEATS_RETRY_MAX`]. A start under load (the
+/// first beat late, a subscription timed out) does not leave a pair on
+/// probes, which cost ten times the traffic, for good; a firewall that
+/// drops the beats costs one more try every few minutes.
+pub(crate) const BEATS_RETRY: Duration = Duration::from_secs(30);
+pub(crate) const BEATS_RETRY_MAX: Duration = Duration::from_secs(480);
 /// How long a cell failed for not answering probes keeps its connections
 /// (a slow cell answers again without a new handshake).
 pub(crate) const SILENT_CLOSE_AFTER: Duration = Duration::from_secs(10);
@@ -153,8 +161,10 @@ pub(crate) struct Liveness {
     /// every interval until they answer (alive again) or
     /// [`SILENT_CLOSE_AFTER`] passes (then disconnected and redialed).
     silent_since: HashMap<PeerId, Instant>,
-    /// Cells whose beats do not reach us: watched by TCP probes.
-    no_beats: HashSet<PeerId>,
+    /// Cells whose beats do not reach us: watched by TCP probes until the
+    /// first instant, when beats are asked for again; the second is the
+    /// wait that gave it (doubled at the next failure).
+    no_beats: HashMap<PeerId, (Instant, Duration)>,
     /// Peers that do not speak the probe protocol (another implementation):
     /// left out of the ring, and failed when a ping fails instead.
     no_probe: HashSet<PeerId>,
@@ -172,7 +182,7 @@ impl Liveness {
             watch: Watch::Idle,
             health: Health::new(tick, now),
             silent_since: HashMap::new(),
-            no_beats: HashSet::new(),
+            no_beats: HashMap::new(),
             no_probe: HashSet::new(),
             suspicions: HashMap::new(),
             refuted_at: None,
@@ -272,10 +282,12 @@ impl Liveness {
         let members = peers.links.peers().filter(|p| self.probes(p) && peers.alive(p));
         let next = probe::successor(self.local, members);
         let mut out = Vec::new();
-        if next != self.watch.peer() {
+        // Watched by probes, and its time to try beats again has come.
+        let retry = matches!(self.watch, Watch::Probe { peer } if self.beats_wanted(&peer, now));
+        if next != self.watch.peer() || retry {
             self.watch = match next {
                 None => Watch::Idle,
-                Some(p) if self.config.beats && !self.no_beats.contains(&p) => {
+                Some(p) if self.beats_wanted(&p, now) => {
                     out.push(Action::WatchBeats(p));
                     Watch::Awaiting { peer: p, since: now }
                 }
@@ -291,8 +303,12 @@ impl Liveness {
                 // Until its first beat comes, probe it as before.
                 out.push(self.probe(peer, Purpose::Watch));
                 if now.duration_since(since) > FIRST_BEAT_WAIT {
-                    tracing::info!(%peer, "no UDP beats arrive from this cell (a firewall or NAT on the way?); watching it by TCP probes");
-                    out.extend(self.beats_fail(peer));
+                    if self.no_beats.contains_key(&peer) {
+                        tracing::debug!(%peer, "still no UDP beats from this cell; watching it by TCP probes");
+                    } else {
+                        tracing::info!(%peer, "no UDP beats arrive from this cell (a firewall or NAT on the way, or a busy host?); watching it by TCP probes, and asking again later");
+                    }
+                    out.extend(self.beats_fail(peer, now));
                 }
             }
             // Watched by its beats' deadline (`beat_overdue`).
@@ -318,9 +334,19 @@ impl Liveness {
         }
     }
 
-    /// Beats from `peer` do not come: watch it by TCP probes from now on.
-    fn beats_fail(&mut self, peer: PeerId) -> Vec<Action> {
-        self.no_beats.insert(peer);
+    /// Whether `peer` is to be watched by its beats (not by probes) now.
+    fn beats_wanted(&self, peer: &PeerId, now: Instant) -> bool {
+        self.config.beats && self.no_beats.get(peer).is_none_or(|(retry, _)| now >= *retry)
+    }
+
+    /// Beats from `peer` do not come: watch it by TCP probes, and ask for
+    /// its beats again later ([`BEATS_RETRY`], doubled each time in a row).
+    fn beats_fail(&mut self, peer: PeerId, now: Instant) -> Vec<Action> {
+        let wait = match self.no_beats.get(&peer) {
+            Some((_, w)) => (*w * 2).min(BEATS_RETRY_MAX),
+            None => BEATS_RETRY,
+        };
+        self.no_beats.insert(peer, (now + wait, wait));
         if self.watch.peer() == Some(peer) {
             self.watch = Watch::Probe { peer };
             return vec![Action::UnwatchBeats];
@@ -337,6 +363,8 @@ impl Liveness {
             Watch::Awaiting { peer: p, .. } | Watch::Beating { peer: p, .. } if p == peer => {
                 let due = at + self.config.probe_interval + self.probe_wait();
                 self.watch = Watch::Beating { peer, last: at, due: Some(due) };
+                // They come: the next failure waits the shortest again.
+                self.no_beats.remove(&peer);
                 // A beat is the cell's own word that it is there.
                 self.suspicions.remove(&peer);
                 true
@@ -346,20 +374,25 @@ impl Liveness {
     }
 
     /// `peer` answered our beat subscription.
-    pub(crate) fn on_subscribed(&mut self, peer: PeerId, accepted: bool) -> Vec<Action> {
+    pub(crate) fn on_subscribed(
+        &mut self,
+        peer: PeerId,
+        accepted: bool,
+        now: Instant,
+    ) -> Vec<Action> {
         if accepted {
             return Vec::new();
         }
         tracing::debug!(%peer, "no beats from this cell; watching it by TCP probes");
-        self.beats_fail(peer)
+        self.beats_fail(peer, now)
     }
 
     /// The beat subscription to `peer` ended.
-    pub(crate) fn on_beats_ended(&mut self, peer: PeerId) {
+    pub(crate) fn on_beats_ended(&mut self, peer: PeerId, now: Instant) {
         if matches!(self.watch, Watch::Awaiting { peer: p, .. } | Watch::Beating { peer: p, .. } if p == peer)
         {
             tracing::debug!(%peer, "its beats ended; watching it by TCP probes");
-            self.watch = Watch::Probe { peer };
+            self.beats_fail(peer, now);
         }
     }
 
@@ -398,7 +431,7 @@ impl Liveness {
                     let bound = self.config.probe_interval + self.probe_wait();
                     if p == peer && now.duration_since(last) > bound {
                         tracing::info!(%peer, "its UDP beats stopped but it answers probes; watching it by TCP probes");
-                        out = self.beats_fail(peer);
+                        out = self.beats_fail(peer, now);
                     }
                 }
                 out.extend(self.heard(peer));

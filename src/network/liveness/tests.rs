@@ -339,9 +339,27 @@ fn no_first_beat_within_three_seconds_means_tcp_probes() {
     assert_eq!(probes(&a, Purpose::Watch), vec![next]);
     assert!(a.contains(&Action::UnwatchBeats));
     assert_eq!(b.live.watch(), Watch::Probe { peer: next });
-    // A late beat does not bring it back; nor does watching it again.
+    // A late beat does not bring it back.
     assert!(!b.live.on_beat(next, b.at(3100)));
     assert_eq!(b.live.watch(), Watch::Probe { peer: next });
+    // Its beats are asked for again after BEATS_RETRY (probed meanwhile);
+    // failing again doubles the wait; beats that come end the backoff.
+    let retry = BEATS_RETRY.as_millis() as u64;
+    let a = b.round(3001 + retry - 1);
+    assert_eq!(probes(&a, Purpose::Watch), vec![next]);
+    assert!(!a.contains(&Action::WatchBeats(next)));
+    let t = 3001 + retry;
+    let a = b.round(t);
+    assert!(a.contains(&Action::WatchBeats(next)), "{a:?}");
+    assert_eq!(probes(&a, Purpose::Watch), vec![next], "probed until the first beat");
+    let a = b.round(t + 3001);
+    assert!(a.contains(&Action::UnwatchBeats));
+    let t2 = t + 3001;
+    assert!(!b.round(t2 + retry).contains(&Action::WatchBeats(next)), "the wait doubled");
+    let a = b.round(t2 + 2 * retry);
+    assert!(a.contains(&Action::WatchBeats(next)));
+    assert!(b.live.on_beat(next, b.at(t2 + 2 * retry + 100)));
+    assert!(matches!(b.live.watch(), Watch::Beating { .. }));
 }
 
 #[test]
@@ -363,7 +381,7 @@ fn a_refused_subscription_or_a_busy_task_means_tcp_probes() {
     let mut b = Bed::new(2, true);
     let next = b.others[0];
     b.round(0);
-    assert_eq!(b.live.on_subscribed(next, false), vec![Action::UnwatchBeats]);
+    assert_eq!(b.live.on_subscribed(next, false, b.at(0)), vec![Action::UnwatchBeats]);
     assert_eq!(b.live.watch(), Watch::Probe { peer: next });
     let mut c = Bed::new(2, true);
     c.round(0);

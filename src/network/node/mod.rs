@@ -541,10 +541,10 @@ impl Node {
                 }
             }
             BeatEvent::Subscribed { peer, accepted } => {
-                let actions = self.liveness.on_subscribed(peer, accepted);
+                let actions = self.liveness.on_subscribed(peer, accepted, Instant::now());
                 self.live(actions);
             }
-            BeatEvent::Ended { peer } => self.liveness.on_beats_ended(peer),
+            BeatEvent::Ended { peer } => self.liveness.on_beats_ended(peer, Instant::now()),
         }
     }
 
@@ -779,7 +779,18 @@ impl Node {
                 // Another cell at the address (it changed hands: a stale
                 // address) says nothing of the cell asked for.
                 let wrong = matches!(failure, handshake::Failure::WrongPeer { .. });
-                if let Some(peer) = peer_id.filter(|p| !wrong && !self.links.is_connected(p)) {
+                let peer = peer_id.filter(|p| !wrong && !self.links.is_connected(p));
+                // Only a refusal right after its link closed says a cell
+                // is gone (a crash: nothing listens on its port). Any
+                // other failed dial of a cell the mesh says is alive (a
+                // busy host, a lost packet, a handshake cut short) says
+                // less than that, and failing the cell here for it would
+                // be silent, with nothing for the cell to refute: the
+                // cells linked to it judge it; the dialer tries again.
+                let crashed = failed.verify && failure == handshake::Failure::Refused;
+                if let Some(peer) = peer.filter(|p| !crashed && self.mesh.vouched(p)) {
+                    tracing::debug!(%peer, %failure, "a dial failed; the mesh still vouches for the cell");
+                } else if let Some(peer) = peer {
                     let t = self.mesh.unreachable(peer);
                     if t.is_some() {
                         tracing::info!(%peer, %failure, verify = failed.verify, "a dial of the cell failed");

@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod network;
 pub mod services;
 pub mod state;
+pub mod trim;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -161,6 +162,7 @@ impl Cell {
         let metrics_app = metrics::router(registry);
         let mut servers =
             vec![tokio::spawn(state::saver(config.data_dir.clone(), state_rx, shutdown.clone()))];
+        servers.push(tokio::spawn(trim::run(shutdown.clone())));
         servers.push(tokio::spawn(services::run(
             handle.clone(),
             services::targets(&config),

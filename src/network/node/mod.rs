@@ -780,15 +780,15 @@ impl Node {
                 // address) says nothing of the cell asked for.
                 let wrong = matches!(failure, handshake::Failure::WrongPeer { .. });
                 let peer = peer_id.filter(|p| !wrong && !self.links.is_connected(p));
-                // Only a refusal right after its link closed says a cell
-                // is gone (a crash: nothing listens on its port). Any
-                // other failed dial of a cell the mesh says is alive (a
-                // busy host, a lost packet, a handshake cut short) says
-                // less than that, and failing the cell here for it would
-                // be silent, with nothing for the cell to refute: the
-                // cells linked to it judge it; the dialer tries again.
-                let crashed = failed.verify && failure == handshake::Failure::Refused;
-                if let Some(peer) = peer.filter(|p| !crashed && self.mesh.vouched(p)) {
+                // A verify dial (a neighbour's link closed) that fails is
+                // how the mesh learns of a crash: it fails the cell and is
+                // announced (refutable). Any other failed dial of a cell the
+                // mesh says is alive (a busy host, a lost packet, a
+                // handshake cut short) says less than that, and failing the
+                // cell here for it would be silent, with nothing for the
+                // cell to refute: the cells linked to it judge it; the
+                // dialer tries again.
+                if let Some(peer) = peer.filter(|p| !failed.verify && self.mesh.vouched(p)) {
                     tracing::debug!(%peer, %failure, "a dial failed; the mesh still vouches for the cell");
                 } else if let Some(peer) = peer {
                     let t = self.mesh.unreachable(peer);

@@ -392,7 +392,16 @@ async fn services_and_prometheus_sd_list_this_cell_with_its_tags() {
     }
 
     // /services: name -> cells, with address, port, status and a URL for web ones.
-    let (status, ct, v) = get_json(&format!("{api}/services")).await;
+    // A cell lists its own services once it knows its listen addresses (a
+    // moment after start; on a loaded machine it can be later than /health).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (status, ct, v) = loop {
+        let got = get_json(&format!("{api}/services")).await;
+        if !got.2["services"]["web"][0].is_null() || std::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!((status, ct.as_str()), (200, "application/json"));
     let web = &v["services"]["web"][0];
     assert_eq!(web["cell_id"], "sd-test");

@@ -132,6 +132,8 @@ pub(crate) struct Dialer {
     yield_until: HashMap<PeerId, Instant>,
     retry: HashMap<PeerId, Retry>,
     configured: Vec<Configured>,
+    /// When new ring neighbours are dialed.
+    settle: overlay::Settle,
 }
 
 impl Dialer {
@@ -152,6 +154,7 @@ impl Dialer {
             yield_until: HashMap::new(),
             retry: HashMap::new(),
             configured,
+            settle: overlay::Settle::new(now),
         }
     }
 
@@ -296,6 +299,9 @@ impl Dialer {
             .unconnected_alive(HEARSAY_DIAL_AFTER, |a| near(nets, a))
             .filter(|(p, _)| neighbours.contains(p))
             .collect();
+        if !self.neighbours_due(now, links, neighbours, !candidates.is_empty()) {
+            return Vec::new();
+        }
         let mut out = Vec::new();
         for (peer, addrs) in candidates {
             if self.may_dial(peer, now, links) {
@@ -303,6 +309,19 @@ impl Dialer {
             }
         }
         out
+    }
+
+    /// Whether dials of new neighbours go out now (see `overlay::Settle`):
+    /// a cell with no link and no dial under way dials at once.
+    pub(crate) fn neighbours_due(
+        &mut self,
+        now: Instant,
+        links: &Links,
+        neighbours: &BTreeSet<PeerId>,
+        wanted: bool,
+    ) -> bool {
+        let linked = !links.is_empty() || !self.pending.is_empty();
+        self.settle.due(neighbours, linked, wanted, now)
     }
 
     /// Every tick: failed cells that would be our neighbours redialed with

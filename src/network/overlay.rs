@@ -90,6 +90,62 @@ pub(crate) fn neighbours(local: PeerId, members: &BTreeSet<PeerId>) -> BTreeSet<
 }
 
 /// The most links [`neighbours`] gives a cell in a mesh of `n` cells.
+/// New ring neighbours are dialed once the set of neighbours has held
+/// still this long. While a view grows (a LAN of cells starting
+/// together), every cell learned of moves some neighbours; dialing each at
+/// once and pruning it 15 s later cost a cell ~50 connections (a Noise
+/// handshake, identify, gossip subscriptions and a record exchange each)
+/// for the ~10 it keeps, at 100 cells.
+pub(crate) const NEIGHBOURS_SETTLE: Duration = Duration::from_secs(2);
+/// ... or once dials have been held back this long (a view that keeps
+/// changing still gets its neighbours linked).
+pub(crate) const NEIGHBOURS_HOLD_MAX: Duration = Duration::from_secs(10);
+
+/// When dials of new ring neighbours go out (see [`NEIGHBOURS_SETTLE`]).
+/// Clock-free: the node tells it the neighbours and the time.
+#[derive(Debug)]
+pub(crate) struct Settle {
+    set: BTreeSet<PeerId>,
+    since: Instant,
+    /// Since when dials have been held back.
+    held: Option<Instant>,
+}
+
+impl Settle {
+    pub(crate) fn new(now: Instant) -> Self {
+        Self { set: BTreeSet::new(), since: now, held: None }
+    }
+
+    /// Whether the dials of `neighbours` not linked yet may go out now:
+    /// at once for a cell with no link (it is joining), otherwise once the
+    /// set has held still [`NEIGHBOURS_SETTLE`], or dials have waited
+    /// [`NEIGHBOURS_HOLD_MAX`]. `wanted`: some neighbour is not linked.
+    pub(crate) fn due(
+        &mut self,
+        neighbours: &BTreeSet<PeerId>,
+        linked: bool,
+        wanted: bool,
+        now: Instant,
+    ) -> bool {
+        if *neighbours != self.set {
+            self.set.clone_from(neighbours);
+            self.since = now;
+        }
+        if !wanted {
+            self.held = None;
+            return false;
+        }
+        let held = *self.held.get_or_insert(now);
+        let due = !linked
+            || now.duration_since(self.since) >= NEIGHBOURS_SETTLE
+            || now.duration_since(held) >= NEIGHBOURS_HOLD_MAX;
+        if due {
+            self.held = None;
+        }
+        due
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn max_neighbours(n: usize) -> usize {
     if n <= FULL_MESH_UP_TO {
@@ -186,6 +242,34 @@ mod tests {
         assert!(mdns_wanted(from, from, false, false), "on while it knows nobody");
         assert!(!mdns_wanted(from, from, true, false), "off once it knows the mesh");
         assert!(mdns_wanted(t0, from, true, true), "a responder answers for the mesh");
+    }
+
+    #[test]
+    fn new_neighbours_are_dialed_once_the_view_holds_still_or_has_waited_long_enough() {
+        let t0 = Instant::now();
+        let s = |ms: u64| t0 + Duration::from_millis(ms);
+        let all = ids(30);
+        let view = |n: usize| -> BTreeSet<PeerId> { all[..n].iter().copied().collect() };
+        let mut settle = Settle::new(t0);
+        // Joining (no link yet): at once.
+        assert!(settle.due(&view(12), false, true, t0));
+        // Linked, the view changing: held back until it holds still 2 s.
+        assert!(!settle.due(&view(13), true, true, s(500)));
+        assert!(!settle.due(&view(14), true, true, s(1000)));
+        assert!(!settle.due(&view(14), true, true, s(2999)));
+        assert!(settle.due(&view(14), true, true, s(3000)));
+        // Nothing wanted: nothing held.
+        assert!(!settle.due(&view(14), true, false, s(3500)));
+        // A view that keeps changing: dialed after 10 s of waiting anyway.
+        let mut at = None;
+        for k in 0..30u64 {
+            let now = s(4000 + k * 500);
+            if settle.due(&view(15 + k as usize % 15), true, true, now) {
+                at = Some(now.duration_since(s(4000)));
+                break;
+            }
+        }
+        assert_eq!(at, Some(NEIGHBOURS_HOLD_MAX));
     }
 
     #[test]

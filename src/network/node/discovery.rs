@@ -196,8 +196,11 @@ impl Node {
             // cells): wait for the TCP record, which comes at once (the tick
             // dials whatever is known otherwise).
             let known = self.mesh.addrs_of(&peer);
+            let neighbours = self.neighbours();
             if known.iter().any(crate::network::addr::is_tcp)
-                && self.neighbours().contains(&peer)
+                && neighbours.contains(&peer)
+                && !self.links.is_connected(&peer)
+                && self.dialer.neighbours_due(now, &self.links, &neighbours, true)
                 && self.dialer.may_dial(peer, now, &self.links)
             {
                 let dial = self.dialer.dial(peer, known, FoundBy::Mdns, &self.links);

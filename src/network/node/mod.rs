@@ -410,7 +410,7 @@ impl Node {
         let actions = self.beyond.on_tick(now, &self.links, &self.mesh);
         self.beyond_lan(actions);
         for peer in self.membership.needs_hello(self.links.peers()) {
-            self.send_hello(peer, None);
+            self.exchange_on_link(peer, None);
         }
         for c in self.links.to_prune(now) {
             self.swarm.close_connection(c);

@@ -61,7 +61,7 @@ impl Node {
                 // may send (a simultaneous dial): harmless, and it does not
                 // depend on which twin connection survives pruning.
                 if reply.is_some() || !self.membership.has_exchanged(&peer_id) {
-                    self.send_hello(peer_id, reply);
+                    self.exchange_on_link(peer_id, reply);
                 }
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, .. } => {

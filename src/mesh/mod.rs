@@ -160,6 +160,19 @@ struct Row {
 }
 
 impl Row {
+    /// Adds addresses; the row's `addresses` (as `/peers` shows them) are
+    /// written again only when one is new: snapshots, taken after every
+    /// burst of events, clone them instead of formatting every address.
+    fn add_addrs(&mut self, addrs: impl IntoIterator<Item = Multiaddr>) {
+        let mut new = false;
+        for a in addrs {
+            new |= self.addrs.insert(a);
+        }
+        if new {
+            self.entry.addresses = self.addrs.iter().map(|a| a.to_string()).collect();
+        }
+    }
+
     /// Alive, known only from other cells' records, never connected.
     fn is_hearsay(&self) -> bool {
         self.entry.state == PeerState::Alive
@@ -258,7 +271,7 @@ impl MeshView {
     pub fn discovered(&mut self, peer: PeerId, addrs: &[Multiaddr], found: FoundBy) -> bool {
         let known = self.peers.contains_key(&peer);
         let row = self.row(peer, found);
-        row.addrs.extend(addrs.iter().map(strip_p2p));
+        row.add_addrs(addrs.iter().map(strip_p2p));
         !known
     }
 
@@ -279,7 +292,7 @@ impl MeshView {
         row.entry.connected = true;
         row.entry.last_seen_ms = now_ms();
         if let Some(a) = addr {
-            row.addrs.insert(strip_p2p(a));
+            row.add_addrs([strip_p2p(a)]);
         }
         if !row.joined {
             row.joined = true;
@@ -339,7 +352,7 @@ impl MeshView {
     pub fn identified(&mut self, peer: PeerId, agent: &str, addrs: &[Multiaddr]) {
         if let Some(row) = self.peers.get_mut(&peer) {
             row.entry.agent = Some(agent.to_owned());
-            row.addrs.extend(addrs.iter().map(strip_p2p));
+            row.add_addrs(addrs.iter().map(strip_p2p));
         }
     }
 
@@ -377,7 +390,7 @@ impl MeshView {
         // An unsigned record (an older cell) replaces the signed one too:
         // relaying the older signed one would spread stale news.
         row.signed = record.envelope.is_some().then(|| record.clone());
-        row.addrs.extend(record.addrs.iter().filter_map(|a| a.parse().ok()).map(|a| strip_p2p(&a)));
+        row.add_addrs(record.addrs.iter().filter_map(|a| a.parse().ok()).map(|a| strip_p2p(&a)));
         if direct && !record.agent.is_empty() {
             row.entry.agent = Some(record.agent.clone());
         }
@@ -568,15 +581,12 @@ impl MeshView {
         self.peers.get(peer).map(|r| r.entry.state)
     }
 
-    /// Rows as `GET /peers` shows them, sorted by peer id.
-    pub fn entries(&self) -> Vec<PeerEntry> {
+    /// Rows as `GET /peers` shows them, sorted by peer id; `relayed` says
+    /// whether a cell is linked through relays only.
+    pub fn entries(&self, relayed: impl Fn(&PeerId) -> bool) -> Vec<PeerEntry> {
         self.peers
-            .values()
-            .map(|r| {
-                let mut e = r.entry.clone();
-                e.addresses = r.addrs.iter().map(|a| a.to_string()).collect();
-                e
-            })
+            .iter()
+            .map(|(p, r)| PeerEntry { relayed: relayed(p), ..r.entry.clone() })
             .collect()
     }
 }

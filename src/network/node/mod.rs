@@ -671,12 +671,7 @@ impl Node {
     }
 
     fn publish(&mut self) {
-        let mut peers = self.mesh.entries();
-        for e in &mut peers {
-            if let Ok(p) = e.peer_id.parse::<PeerId>() {
-                e.relayed = self.links.relayed_only(&p);
-            }
-        }
+        let peers = self.mesh.entries(|p| self.links.relayed_only(p));
         let snap = Snapshot {
             local: local_state(
                 &self.local,

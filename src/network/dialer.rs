@@ -154,7 +154,7 @@ impl Dialer {
             yield_until: HashMap::new(),
             retry: HashMap::new(),
             configured,
-            settle: overlay::Settle::new(now),
+            settle: overlay::Settle::new(now, overlay::Settle::jitter_of(&local)),
         }
     }
 
@@ -304,7 +304,7 @@ impl Dialer {
         }
         let mut out = Vec::new();
         for (peer, addrs) in candidates {
-            if self.may_dial(peer, now, links) {
+            if out.len() < overlay::NEIGHBOUR_DIALS_AT_ONCE && self.may_dial(peer, now, links) {
                 out.extend(self.dial(peer, addrs, Self::origin(mesh, &peer), links));
             }
         }
@@ -312,7 +312,7 @@ impl Dialer {
     }
 
     /// Whether dials of new neighbours go out now (see `overlay::Settle`):
-    /// a cell with no link and no dial under way dials at once.
+    /// a cell with few links and dials under way dials at once.
     pub(crate) fn neighbours_due(
         &mut self,
         now: Instant,
@@ -320,8 +320,7 @@ impl Dialer {
         neighbours: &BTreeSet<PeerId>,
         wanted: bool,
     ) -> bool {
-        let linked = !links.is_empty() || !self.pending.is_empty();
-        self.settle.due(neighbours, linked, wanted, now)
+        self.settle.due(neighbours, links.count() + self.pending.len(), wanted, now)
     }
 
     /// Every tick: failed cells that would be our neighbours redialed with

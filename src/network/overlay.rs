@@ -99,7 +99,20 @@ pub(crate) fn neighbours(local: PeerId, members: &BTreeSet<PeerId>) -> BTreeSet<
 pub(crate) const NEIGHBOURS_SETTLE: Duration = Duration::from_secs(2);
 /// ... or once dials have been held back this long (a view that keeps
 /// changing still gets its neighbours linked).
-pub(crate) const NEIGHBOURS_HOLD_MAX: Duration = Duration::from_secs(10);
+pub(crate) const NEIGHBOURS_HOLD_MAX: Duration = Duration::from_secs(5);
+/// Each cell adds its own share of this to both waits (see
+/// [`Settle::jitter_of`]): cells that start together see their views
+/// settle together, and their dials at one moment were a burst of
+/// handshakes (~500 in a second at 100 cells) that starved the probes
+/// of the cells being watched, and raised false suspicions.
+pub(crate) const NEIGHBOURS_JITTER: Duration = Duration::from_secs(5);
+/// A cell with fewer links than this (dials under way included) dials at
+/// once: it is joining. (Three, tried: every joining cell then dialed the
+/// first cells it found as well, ~100 connections each at 100 cells.)
+pub(crate) const MIN_LINKS: usize = 1;
+/// At most this many new neighbours are dialed per call (the node's tick
+/// is 0.5 s), for the same reason.
+pub(crate) const NEIGHBOUR_DIALS_AT_ONCE: usize = 2;
 
 /// When dials of new ring neighbours go out (see [`NEIGHBOURS_SETTLE`]).
 /// Clock-free: the node tells it the neighbours and the time.
@@ -109,21 +122,34 @@ pub(crate) struct Settle {
     since: Instant,
     /// Since when dials have been held back.
     held: Option<Instant>,
+    /// This cell's share of [`NEIGHBOURS_JITTER`].
+    jitter: Duration,
 }
 
 impl Settle {
-    pub(crate) fn new(now: Instant) -> Self {
-        Self { set: BTreeSet::new(), since: now, held: None }
+    pub(crate) fn new(now: Instant, jitter: Duration) -> Self {
+        Self { set: BTreeSet::new(), since: now, held: None, jitter }
+    }
+
+    /// A cell's share of [`NEIGHBOURS_JITTER`], from its peer id: spread
+    /// evenly over the cells, the same for a cell every time.
+    pub(crate) fn jitter_of(local: &PeerId) -> Duration {
+        let bytes = local.to_bytes();
+        let tail: [u8; 8] = std::array::from_fn(|i| bytes[bytes.len().saturating_sub(8) + i]);
+        let span = NEIGHBOURS_JITTER.as_millis() as u64;
+        Duration::from_millis(u64::from_le_bytes(tail) % span.max(1))
     }
 
     /// Whether the dials of `neighbours` not linked yet may go out now:
-    /// at once for a cell with no link (it is joining), otherwise once the
-    /// set has held still [`NEIGHBOURS_SETTLE`], or dials have waited
-    /// [`NEIGHBOURS_HOLD_MAX`]. `wanted`: some neighbour is not linked.
+    /// at once for a cell with fewer than [`MIN_LINKS`] `links` (it is
+    /// joining), otherwise once the set has held still
+    /// [`NEIGHBOURS_SETTLE`], or dials have waited [`NEIGHBOURS_HOLD_MAX`]
+    /// (each plus the cell's jitter). `wanted`: some neighbour is not
+    /// linked.
     pub(crate) fn due(
         &mut self,
         neighbours: &BTreeSet<PeerId>,
-        linked: bool,
+        links: usize,
         wanted: bool,
         now: Instant,
     ) -> bool {
@@ -136,9 +162,9 @@ impl Settle {
             return false;
         }
         let held = *self.held.get_or_insert(now);
-        let due = !linked
-            || now.duration_since(self.since) >= NEIGHBOURS_SETTLE
-            || now.duration_since(held) >= NEIGHBOURS_HOLD_MAX;
+        let due = links < MIN_LINKS
+            || now.duration_since(self.since) >= NEIGHBOURS_SETTLE + self.jitter
+            || now.duration_since(held) >= NEIGHBOURS_HOLD_MAX + self.jitter;
         if due {
             self.held = None;
         }
@@ -250,26 +276,41 @@ mod tests {
         let s = |ms: u64| t0 + Duration::from_millis(ms);
         let all = ids(30);
         let view = |n: usize| -> BTreeSet<PeerId> { all[..n].iter().copied().collect() };
-        let mut settle = Settle::new(t0);
-        // Joining (no link yet): at once.
-        assert!(settle.due(&view(12), false, true, t0));
+        let mut settle = Settle::new(t0, Duration::ZERO);
+        // Joining (no link, no dial under way): at once.
+        assert!(settle.due(&view(12), 0, true, t0));
         // Linked, the view changing: held back until it holds still 2 s.
-        assert!(!settle.due(&view(13), true, true, s(500)));
-        assert!(!settle.due(&view(14), true, true, s(1000)));
-        assert!(!settle.due(&view(14), true, true, s(2999)));
-        assert!(settle.due(&view(14), true, true, s(3000)));
+        assert!(!settle.due(&view(13), MIN_LINKS, true, s(500)));
+        assert!(!settle.due(&view(14), MIN_LINKS, true, s(1000)));
+        assert!(!settle.due(&view(14), MIN_LINKS, true, s(2999)));
+        assert!(settle.due(&view(14), MIN_LINKS, true, s(3000)));
         // Nothing wanted: nothing held.
-        assert!(!settle.due(&view(14), true, false, s(3500)));
-        // A view that keeps changing: dialed after 10 s of waiting anyway.
+        assert!(!settle.due(&view(14), MIN_LINKS, false, s(3500)));
+        // A view that keeps changing: dialed after 5 s of waiting anyway.
         let mut at = None;
-        for k in 0..30u64 {
+        for k in 0..40u64 {
             let now = s(4000 + k * 500);
-            if settle.due(&view(15 + k as usize % 15), true, true, now) {
+            if settle.due(&view(15 + k as usize % 15), MIN_LINKS, true, now) {
                 at = Some(now.duration_since(s(4000)));
                 break;
             }
         }
         assert_eq!(at, Some(NEIGHBOURS_HOLD_MAX));
+        // A cell's jitter stretches both waits.
+        let mut late = Settle::new(t0, Duration::from_millis(700));
+        assert!(!late.due(&view(14), MIN_LINKS, true, t0));
+        assert!(!late.due(&view(14), MIN_LINKS, true, s(2699)));
+        assert!(late.due(&view(14), MIN_LINKS, true, s(2700)));
+    }
+
+    #[test]
+    fn the_jitter_is_a_cells_own_and_spread_over_the_cells() {
+        let all = ids(300);
+        let j: Vec<Duration> = all.iter().map(Settle::jitter_of).collect();
+        assert!(j.iter().all(|d| *d < NEIGHBOURS_JITTER));
+        assert_eq!(Settle::jitter_of(&all[0]), j[0]);
+        let early = j.iter().filter(|d| **d < NEIGHBOURS_JITTER / 2).count();
+        assert!((100..200).contains(&early), "{early} of 300 in the first half");
     }
 
     #[test]

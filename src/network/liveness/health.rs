@@ -90,6 +90,12 @@ impl Health {
         Verdict::Silent
     }
 
+    /// Another cell suspects this one (it refutes): this cell may be the
+    /// slow one. A step up.
+    pub(crate) fn on_suspected(&mut self, now: Instant) {
+        self.raise(now);
+    }
+
     fn raise(&mut self, now: Instant) {
         self.strain = (self.strain + 1).min(MAX_STRAIN);
         self.changed_at = now;

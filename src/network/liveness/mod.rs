@@ -585,8 +585,7 @@ impl Liveness {
                 return Vec::new();
             }
             tracing::debug!(by = %from, "another cell suspects this one: refuting");
-            self.refuted_at = Some(now);
-            return vec![Action::Refute];
+            return self.refute(now);
         }
         if !self.probes(&suspect) || !peers.member(&suspect) {
             return Vec::new();
@@ -620,6 +619,19 @@ impl Liveness {
             return Vec::new();
         }
         tracing::debug!(by = %from, "another cell failed this one: refuting");
+        self.refute(now)
+    }
+
+    /// Refutes a suspicion of this cell. Being suspected says this cell
+    /// may be the slow one (Lifeguard; memberlist's `refute` raises its
+    /// awareness): its local health drops a step, at most one per
+    /// [`health::STRAIN_EASE`], so that while it stays suspected it waits
+    /// longer before suspecting others (on a saturated host, the false
+    /// suspicions of a cell that runs late start the next ones).
+    fn refute(&mut self, now: Instant) -> Vec<Action> {
+        if self.refuted_at.is_none_or(|t| now.duration_since(t) >= health::STRAIN_EASE) {
+            self.health.on_suspected(now);
+        }
         self.refuted_at = Some(now);
         vec![Action::Refute]
     }

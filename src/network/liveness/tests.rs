@@ -265,11 +265,17 @@ fn a_suspicion_of_this_cell_raises_its_incarnation() {
     // at most every half second.
     assert!(b.live.on_notice(from, me, Some(4), 6, b.at(10), peers).is_empty());
     assert_eq!(b.live.on_notice(from, me, Some(4), 6, b.at(510), peers), vec![Action::Refute]);
+    // Suspected, this cell may be the slow one: its probes wait longer,
+    // a step per 2 s of refuting, not per notice.
+    assert_eq!(b.live.health_score(), 1);
     // An older cell names none: the same.
     assert!(b.live.on_notice(from, me, None, 7, b.at(700), peers).is_empty());
     assert_eq!(b.live.on_notice(from, me, None, 7, b.at(1100), peers), vec![Action::Refute]);
     // A notice at our incarnation is answered at once.
     assert_eq!(b.live.on_notice(from, me, Some(8), 8, b.at(1110), peers), vec![Action::Refute]);
+    assert_eq!(b.live.health_score(), 1);
+    assert_eq!(b.live.on_notice(from, me, Some(9), 9, b.at(3200), peers), vec![Action::Refute]);
+    assert_eq!(b.live.health_score(), 2);
     assert!(!b.live.is_suspected(&me));
 }
 

@@ -28,6 +28,50 @@ pub(crate) const FULL_MESH_UP_TO: usize = 11;
 /// and idle: long enough for the record exchange it was made for, and for
 /// a view that changed for a moment to settle.
 pub(crate) const PRUNE_AFTER: Duration = Duration::from_secs(15);
+/// A link to a cell that is no neighbour, made again after we closed it
+/// (the other cell counts us its neighbour: our views differ, and it
+/// dialed back at once to check that we live), is closed only after
+/// twice as long as the last time, up to this. Views that differ for a
+/// while (false failures under load, at 200 cells on two cores) made
+/// links open and close every 15 s, each time a handshake, an exchange and
+/// a ring change more.
+pub(crate) const PRUNE_AFTER_MAX: Duration = Duration::from_secs(240);
+/// A cell we closed a link to is forgotten (back to [`PRUNE_AFTER`]) this
+/// long after that.
+pub(crate) const PRUNE_MEMORY: Duration = Duration::from_secs(600);
+
+/// How old a link to a cell that is no neighbour must be before it is
+/// closed (see [`PRUNE_AFTER_MAX`]). Clock-free.
+#[derive(Debug, Default)]
+pub(crate) struct PruneBackoff {
+    /// Cell → how often we closed its link, and when last.
+    closed: std::collections::HashMap<PeerId, (u32, Instant)>,
+}
+
+impl PruneBackoff {
+    /// The age at which a link to `peer` (no neighbour) is closed.
+    pub(crate) fn after(&self, peer: &PeerId, now: Instant) -> Duration {
+        match self.closed.get(peer) {
+            Some((times, at)) if now.duration_since(*at) < PRUNE_MEMORY => {
+                PRUNE_AFTER.saturating_mul(1 << (*times).min(8)).min(PRUNE_AFTER_MAX)
+            }
+            _ => PRUNE_AFTER,
+        }
+    }
+
+    /// We closed the link to `peer`.
+    pub(crate) fn closed(&mut self, peer: PeerId, now: Instant) {
+        self.closed.retain(|_, (_, at)| now.duration_since(*at) < PRUNE_MEMORY);
+        let e = self.closed.entry(peer).or_insert((0, now));
+        *e = (e.0 + 1, now);
+    }
+
+    /// `peer` is a neighbour now: its next link starts afresh.
+    pub(crate) fn neighbour(&mut self, peer: &PeerId) {
+        self.closed.remove(peer);
+    }
+}
+
 /// A failed cell keeps its place in the ring for this long after it was
 /// last heard of: a cell failed for a moment (and revived by its refutation)
 /// moves nobody's links.
@@ -311,6 +355,24 @@ mod tests {
         assert_eq!(Settle::jitter_of(&all[0]), j[0]);
         let early = j.iter().filter(|d| **d < NEIGHBOURS_JITTER / 2).count();
         assert!((100..200).contains(&early), "{early} of 300 in the first half");
+    }
+
+    #[test]
+    fn a_link_closed_and_made_again_is_closed_later_each_time() {
+        let t0 = Instant::now();
+        let p = PeerId::random();
+        let mut b = PruneBackoff::default();
+        assert_eq!(b.after(&p, t0), PRUNE_AFTER);
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            b.closed(p, t0);
+            waits.push(b.after(&p, t0).as_secs());
+        }
+        assert_eq!(waits, [30, 60, 120, 240, 240, 240]);
+        // Forgotten after ten minutes, or once the cell is a neighbour.
+        assert_eq!(b.after(&p, t0 + PRUNE_MEMORY), PRUNE_AFTER);
+        b.neighbour(&p);
+        assert_eq!(b.after(&p, t0), PRUNE_AFTER);
     }
 
     #[test]

@@ -187,6 +187,7 @@ impl Node {
                 notice_hash: notice_topic.hash(),
                 notice_topic,
                 pruned: HashSet::new(),
+                prune_backoff: Default::default(),
                 announced: 0,
                 mdns_from: now
                     + crate::network::overlay::MDNS_SPREAD.mul_f64(rand::random::<f64>()),

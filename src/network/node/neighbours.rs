@@ -19,6 +19,8 @@ pub(super) struct OverlayState {
     /// Cells whose links we closed as no neighbours: their closing is no
     /// news.
     pub(super) pruned: HashSet<PeerId>,
+    /// How old a link to a cell that is no neighbour must be to be closed.
+    pub(super) prune_backoff: overlay::PruneBackoff,
     /// mDNS as configured (`None`: off), to start it again when this cell
     /// becomes one of the cells that answer for the mesh.
     pub(super) mdns: Option<libp2p::mdns::Config>,
@@ -36,30 +38,37 @@ impl Node {
     }
 
     /// Closes links to cells that are no neighbours once they are
-    /// [`overlay::PRUNE_AFTER`] old: a join, a `/register`, a check, a
+    /// [`overlay::PRUNE_AFTER`] old (longer for a cell whose link we closed
+    /// before, see [`overlay::PruneBackoff`]): a join, a `/register`, a check, a
     /// neighbour before the view changed. Configured peers, relays, cells
     /// that do not speak our probes (another implementation), and cells
     /// with an exchange under way keep theirs.
     pub(super) fn prune_non_neighbours(&mut self, now: Instant, neighbours: &BTreeSet<PeerId>) {
+        for p in neighbours {
+            self.overlay.prune_backoff.neighbour(p);
+        }
         let configured = self.dialer.configured_peers();
         let relays: HashSet<String> = self.beyond.relays().into_iter().collect();
-        let stale: Vec<PeerId> =
-            self.links
-                .peers()
-                .filter(|p| {
-                    !neighbours.contains(p)
-                        && !configured.contains(p)
-                        && self.liveness.probes(p)
-                        && !self.membership.busy_with(p)
-                        && !relays.contains(&p.to_base58())
-                        && self.links.of(p).iter().all(|l| {
-                            !l.relayed && now.duration_since(l.since) >= overlay::PRUNE_AFTER
-                        })
-                })
-                .collect();
+        let stale: Vec<PeerId> = self
+            .links
+            .peers()
+            .filter(|p| {
+                !neighbours.contains(p)
+                    && !configured.contains(p)
+                    && self.liveness.probes(p)
+                    && !self.membership.busy_with(p)
+                    && !relays.contains(&p.to_base58())
+                    && self.links.of(p).iter().all(|l| {
+                        !l.relayed
+                            && now.duration_since(l.since)
+                                >= self.overlay.prune_backoff.after(p, now)
+                    })
+            })
+            .collect();
         for peer in stale {
             tracing::debug!(%peer, "closing the link to a cell that is no neighbour");
             self.overlay.pruned.insert(peer);
+            self.overlay.prune_backoff.closed(peer, now);
             let _ = self.swarm.disconnect_peer_id(peer);
         }
     }

@@ -84,6 +84,21 @@ fn of_chain(e: &(dyn StdError + 'static)) -> Failure {
         }
         cur = err.source();
     }
+    // The transport's `Either` layers (DNS, TCP or QUIC) hand on their
+    // inner error's `source`, not the inner error itself, so the io::Error
+    // under them is out of reach of the walk above; its Debug form still
+    // names its kind.
+    // (`Os { kind: … }` from the system, `Kind(…)` when built from a kind.)
+    let debug = format!("{e:?}");
+    let names = |kind: &str| {
+        debug.contains(&format!("kind: {kind}")) || debug.contains(&format!("Kind({kind})"))
+    };
+    if names("ConnectionRefused") {
+        return Failure::Refused;
+    }
+    if names("TimedOut") {
+        return Failure::TimedOut;
+    }
     other(e)
 }
 
@@ -195,6 +210,13 @@ mod tests {
         }
         impl StdError for Mute {}
         assert_eq!(of_chain(&io::Error::other(Mute("Timeout"))), Failure::TimedOut);
+        // A refused TCP dial as the transport stack reports it: io::Errors
+        // under `Either` layers, whose `source` skips the error they hold.
+        type Layered = either::Either<either::Either<io::Error, Mute>, Mute>;
+        let layered: Layered = either::Either::Left(either::Either::Left(io::Error::from(
+            io::ErrorKind::ConnectionRefused,
+        )));
+        assert_eq!(of_chain(&io::Error::other(layered)), Failure::Refused);
         assert_eq!(
             of_chain(&Mute("Mute")),
             Failure::Other("Mute".into()),

@@ -101,22 +101,26 @@ impl Node {
                 let peer = peer_id.filter(|p| !wrong && !self.links.is_connected(p));
                 // A verify dial (a neighbour's link closed) that fails is
                 // how the mesh learns of a crash: it fails the cell and is
-                // announced (refutable). Any other failed dial of a cell the
-                // mesh says is alive (a busy host, a lost packet, a
-                // handshake cut short) says less than that, and failing the
-                // cell here for it would be silent, with nothing for the
-                // cell to refute: the cells linked to it judge it; the
-                // dialer tries again.
-                if let Some(peer) = peer.filter(|p| !failed.verify && self.mesh.vouched(p)) {
+                // announced (refutable). So is any dial the cell's host
+                // refused: nothing listens at its port, its process is gone
+                // (a cell that crashed before its new neighbours linked to
+                // it, which no link closing would tell of). Any other failed
+                // dial of a cell the mesh says is alive (a busy host, a lost
+                // packet, a handshake cut short) says less than that, and
+                // failing the cell here for it would be silent, with nothing
+                // for the cell to refute: the cells linked to it judge it;
+                // the dialer tries again.
+                let gone = failed.verify || matches!(failure, handshake::Failure::Refused);
+                if let Some(peer) = peer.filter(|p| !gone && self.mesh.vouched(p)) {
                     tracing::debug!(%peer, %failure, "a dial failed; the mesh still vouches for the cell");
                 } else if let Some(peer) = peer {
                     let t = self.mesh.unreachable(peer);
                     if t.is_some() {
                         tracing::info!(%peer, %failure, verify = failed.verify, "a dial of the cell failed");
                     }
-                    if failed.verify && t.is_some() {
-                        // A neighbour's link closed and its port refuses:
-                        // tell the mesh, which has no link to it.
+                    if gone && t.is_some() {
+                        // A neighbour's link closed and it does not answer,
+                        // or its port refuses: tell the mesh.
                         let incarnation = self.mesh.seq_of(&peer).unwrap_or(0);
                         self.announce(peer, incarnation, true);
                     }

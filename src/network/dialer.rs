@@ -312,7 +312,7 @@ impl Dialer {
     }
 
     /// Whether dials of new neighbours go out now (see `overlay::Settle`):
-    /// a cell with few links and dials under way dials at once.
+    /// a cell with no link and no dial under way (joining) dials at once.
     pub(crate) fn neighbours_due(
         &mut self,
         now: Instant,

@@ -96,6 +96,8 @@ pub struct CellMetrics {
     pub connected_peers: Gauge,
     pub gossip_sent: Counter,
     pub gossip_received: Counter,
+    /// Records of other cells learned in an exchange and passed on by gossip.
+    pub records_relayed: Counter,
     pub gossip_rejected: Family<ReasonLabel, Counter>,
     /// Records refused because their author's signature does not hold.
     pub records_refused: Family<ReasonLabel, Counter>,
@@ -127,6 +129,7 @@ impl CellMetrics {
             connected_peers: Gauge::default(),
             gossip_sent: Counter::default(),
             gossip_received: Counter::default(),
+            records_relayed: Counter::default(),
             gossip_rejected: Family::default(),
             records_refused: Family::default(),
             registrations: Family::default(),
@@ -169,6 +172,11 @@ impl CellMetrics {
             "aios_gossip_messages_received",
             "Valid records received by gossip",
             m.gossip_received.clone(),
+        );
+        registry.register(
+            "aios_records_relayed",
+            "Records of cells new to this cell, learned in a record exchange while it held others' records (two parts of the mesh meeting), passed on by gossip (aios/relay/1)",
+            m.records_relayed.clone(),
         );
         registry.register(
             "aios_gossip_messages_rejected",

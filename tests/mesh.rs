@@ -887,3 +887,56 @@ async fn a_service_that_goes_down_on_one_cell_is_shown_down_on_the_others() {
         n.cell.shutdown().await;
     }
 }
+
+/// Registers `other` on `on` (the seed's discovery script's call).
+async fn register(on: &Node, other: &Node, name: &str) {
+    let body = json!({"cell_id": name, "ip": "127.0.0.1", "port": 8000, "p2p_port": p2p_port(other).await});
+    let (status, v) = post(&format!("{}/register", on.api), body).await;
+    assert_eq!(status, 200, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_parts_of_a_mesh_that_meet_learn_each_others_cells_by_relayed_gossip() {
+    // Two pairs that know nothing of each other (cells that started
+    // together and found only each other).
+    let (a, b, c, d) = (
+        start("a", vec![]).await,
+        start("b", vec![]).await,
+        start("c", vec![]).await,
+        start("d", vec![]).await,
+    );
+    let id = |n: &Node| n.cell.peer_id().to_base58();
+    register(&a, &b, "b").await;
+    register(&c, &d, "d").await;
+    for (n, other) in [(&a, &b), (&b, &a), (&c, &d), (&d, &c)] {
+        let o = id(other);
+        wait_for(n, "its pair", Duration::from_secs(10), |p| {
+            state_of(p, &o).as_deref() == Some("alive")
+        })
+        .await;
+    }
+    let relayed = "aios_records_relayed_total";
+    assert_eq!(metric(&b, relayed).await + metric(&c, relayed).await, 0.0, "nothing to relay yet");
+    // One link between the two parts: b and c pass on what it brought, so
+    // a hears of c and d, and d of a and b, from their own links' gossip.
+    register(&b, &c, "c").await;
+    for (n, others) in [(&a, [&c, &d]), (&d, [&a, &b])] {
+        let want: Vec<String> = others.iter().map(|o| id(o)).collect();
+        wait_for(n, "the other part's cells", Duration::from_secs(10), |p| {
+            want.iter().all(|o| state_of(p, o).as_deref() == Some("alive"))
+        })
+        .await;
+    }
+    // Both ends of the bridging link relayed what it brought of the other
+    // part (the cell behind its other end, and that end's own record unless
+    // its own gossip came first).
+    for n in [&b, &c] {
+        let r = metric(n, relayed).await;
+        assert!((1.0..=2.0).contains(&r), "{r} relays");
+    }
+    // The cells that only heard relays passed on none.
+    assert_eq!(metric(&a, relayed).await + metric(&d, relayed).await, 0.0);
+    for n in [a, b, c, d] {
+        n.cell.shutdown().await;
+    }
+}

@@ -512,6 +512,27 @@ impl MeshView {
             .map(|(p, row)| (*p, row.addrs.iter().cloned().collect()))
     }
 
+    /// Cells found (by mDNS) at least `after` before `now` that we have
+    /// neither linked to nor heard a record of: none of the cells our links
+    /// reach knows them, so they are in another part of the mesh (cells
+    /// that started together and found only each other). With addresses.
+    pub fn strangers(
+        &self,
+        now: std::time::Instant,
+        after: std::time::Duration,
+    ) -> impl Iterator<Item = (PeerId, Vec<Multiaddr>)> + '_ {
+        self.peers
+            .iter()
+            .filter(move |(_, row)| {
+                row.entry.state == PeerState::Alive
+                    && !row.joined
+                    && !row.entry.connected
+                    && !row.addrs.is_empty()
+                    && now.saturating_duration_since(row.created) >= after
+            })
+            .map(|(p, row)| (*p, row.addrs.iter().cloned().collect()))
+    }
+
     /// Whether some alive cell is known only from records (never connected)
     /// and has no address that `near` accepts: a cell beyond what mDNS and
     /// our connections found, which the DHT may find.

@@ -193,6 +193,7 @@ fn behaviour(
         // loop: another cell signing with our key means a cloned identity.
         .allow_self_origin(true)
         .max_transmit_size(MAX_GOSSIP_BYTES)
+        .message_id_fn(crate::network::gossip::message_id)
         .heartbeat_initial_delay(Duration::from_millis(500))
         .build()
         .map_err(|e| NetworkError::Behaviour(e.to_string()))?;

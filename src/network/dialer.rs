@@ -35,6 +35,16 @@ pub(crate) const RETRY_GIVE_UP: Duration = Duration::from_secs(600);
 /// addresses are dialed directly.
 pub(crate) const HEARSAY_DIAL_AFTER: Duration = Duration::from_secs(3);
 
+/// A cell found by mDNS that no record has named is dialed (see
+/// [`Dialer::dial_strangers`]) once it is this old and the view has held
+/// still this long: while records still come in, they may name it. (One
+/// second from being found, without the still view, was ~250 dials in the
+/// second and third seconds of a start of 100 cells, whose records were
+/// on their way.)
+pub(crate) const STRANGER_AFTER: Duration = Duration::from_millis(1500);
+/// A stranger dialed is not dialed again for this long.
+pub(crate) const STRANGER_RETRY: Duration = Duration::from_secs(10);
+
 /// The reply `POST /register` waits for.
 pub(crate) type RegisterReply = oneshot::Sender<Result<RegisterOutcome, CommandError>>;
 
@@ -134,6 +144,8 @@ pub(crate) struct Dialer {
     configured: Vec<Configured>,
     /// When new ring neighbours are dialed.
     settle: overlay::Settle,
+    /// Strangers dialed, and when (see [`Dialer::dial_strangers`]).
+    strangers: HashMap<PeerId, Instant>,
 }
 
 impl Dialer {
@@ -155,6 +167,7 @@ impl Dialer {
             retry: HashMap::new(),
             configured,
             settle: overlay::Settle::new(now, overlay::Settle::jitter_of(&local)),
+            strangers: HashMap::new(),
         }
     }
 
@@ -306,6 +319,46 @@ impl Dialer {
         for (peer, addrs) in candidates {
             if out.len() < overlay::NEIGHBOUR_DIALS_AT_ONCE && self.may_dial(peer, now, links) {
                 out.extend(self.dial(peer, addrs, Self::origin(mesh, &peer), links));
+            }
+        }
+        out
+    }
+
+    /// Cells found by mDNS that none of the cells our links reach has
+    /// heard of ([`MeshView::strangers`]) are dialed once the view holds
+    /// still ([`STRANGER_AFTER`]), ring neighbours or not, and whichever
+    /// peer id is smaller: they are in
+    /// another part of the mesh (cells that started together and found only
+    /// each other), and one link joins the two parts (its record exchange
+    /// is relayed to both). A cell with no link leaves this to its joining
+    /// dial.
+    pub(crate) fn dial_strangers(
+        &mut self,
+        now: Instant,
+        mesh: &MeshView,
+        links: &Links,
+    ) -> Vec<Dial> {
+        self.strangers.retain(|_, at| now.saturating_duration_since(*at) < STRANGER_RETRY);
+        if links.is_empty() {
+            return Vec::new();
+        }
+        // Dialing them sooner (3 s after they were found, the view still
+        // growing) was ~600 more connections at a start of 100 cells, and
+        // the load raised ~200 false suspicions.
+        if self.settle.still_for(now) < STRANGER_AFTER {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (peer, addrs) in mesh.strangers(now, STRANGER_AFTER) {
+            if out.len() >= overlay::NEIGHBOUR_DIALS_AT_ONCE {
+                break;
+            }
+            if self.strangers.contains_key(&peer) {
+                continue;
+            }
+            if let Some(dial) = self.dial(peer, addrs, FoundBy::Mdns, links) {
+                self.strangers.insert(peer, now);
+                out.push(dial);
             }
         }
         out
@@ -489,6 +542,7 @@ impl Dialer {
 mod tests {
     use super::*;
     use crate::network::addr::addrs;
+    use crate::network::protocol::CellRecord;
     use crate::network::testing::ordered_pair;
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -698,5 +752,52 @@ mod tests {
         assert!(d.dial(other, a.clone(), FoundBy::Mdns, &links).is_some());
         links.established(other, ConnectionId::new_unchecked(1), true, false, &a[0], now);
         assert!(d.dial(other, a, FoundBy::Mdns, &links).is_none());
+    }
+
+    #[test]
+    fn a_cell_found_that_no_record_names_is_dialed_once_the_view_holds_still() {
+        let me = PeerId::random();
+        let t0 = Instant::now();
+        let mut mesh = MeshView::new(me, "me");
+        let a = addrs(&["/ip4/10.0.0.2/tcp/8001"]);
+        let (linked, stranger, named) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let mut links = Links::new(me);
+        let mut d = Dialer::new(me, &[], t0);
+        for p in [stranger, named] {
+            mesh.discovered(p, &a, FoundBy::Mdns);
+        }
+        // Alone, the cell's joining dial goes first: no stranger dials.
+        assert!(d.dial_strangers(t0 + MS(2500), &mesh, &links).is_empty());
+        mesh.connected(linked, Some(&a[0]), FoundBy::Mdns);
+        links.established(linked, ConnectionId::new_unchecked(1), true, false, &a[0], t0);
+        // The link's record exchange named one of the two (its record).
+        let record = CellRecord {
+            cell_id: "named".into(),
+            level: 0.0,
+            branch: "main".into(),
+            seq: 1,
+            at_ms: 0,
+            addrs: Vec::new(),
+            agent: String::new(),
+            leaving: false,
+            tags: Default::default(),
+            services: Vec::new(),
+            envelope: None,
+        };
+        mesh.merge(named, &record, FoundBy::Gossip, false);
+        // Soon after it was found, records may still name it.
+        assert!(d.dial_strangers(t0 + MS(500), &mesh, &links).is_empty());
+        // The view changed a second in (its neighbours did): still growing.
+        let view = BTreeSet::from([linked, stranger, named]);
+        d.neighbours_due(t0 + MS(1000), &links, &view, false);
+        assert!(d.dial_strangers(t0 + MS(2000), &mesh, &links).is_empty());
+        let view = BTreeSet::from([linked, stranger]);
+        d.neighbours_due(t0 + MS(2000), &links, &view, false);
+        assert!(d.dial_strangers(t0 + MS(3400), &mesh, &links).is_empty());
+        let dials = d.dial_strangers(t0 + MS(3500), &mesh, &links);
+        let dialed: Vec<_> = dials.iter().map(|x| x.peer).collect();
+        assert_eq!(dialed, vec![Some(stranger)], "the stranger, whatever the peer ids");
+        assert!(d.dial_strangers(t0 + MS(4000), &mesh, &links).is_empty(), "once");
+        assert_eq!(d.dial_strangers(t0 + MS(3500) + STRANGER_RETRY, &mesh, &links).len(), 1);
     }
 }

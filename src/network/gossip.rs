@@ -2,10 +2,12 @@
 //! gossipsub is told (accept and forward, ignore, or reject and score the
 //! sender down).
 
-use libp2p::gossipsub::MessageAcceptance;
+use std::hash::Hasher;
+
+use libp2p::gossipsub::{Message, MessageAcceptance, MessageId};
 use libp2p::PeerId;
 
-use super::protocol::{CellRecord, RecordError};
+use super::protocol::{CellRecord, RecordError, RELAY_TOPIC};
 use crate::mesh::Merge;
 
 /// An incoming gossip message, classified.
@@ -28,6 +30,36 @@ pub(crate) fn classify(local: PeerId, source: Option<PeerId>, data: &[u8]) -> In
         (None, _) => Incoming::Unsigned,
         (Some(s), Err(e)) => Incoming::Invalid(s, e),
     }
+}
+
+/// Gossipsub message ids. On [`RELAY_TOPIC`]: `relay:` and the relayed
+/// record's author (a cell introduced by many cells, in whatever version
+/// of its record, is one message, passed on once while gossipsub
+/// remembers it: 60 s); every other topic keeps rust-libp2p's default
+/// (author in base58, then the seqno in decimal), which other
+/// implementations match (docs/protocol.md).
+pub(crate) fn message_id(m: &Message) -> MessageId {
+    if m.topic.as_str() == RELAY_TOPIC {
+        /// Only the author of a relayed record (the rest is skipped).
+        #[derive(serde::Deserialize)]
+        struct Author {
+            peer_id: String,
+        }
+        if let Ok(a) = ciborium::from_reader::<Author, _>(m.data.as_slice()) {
+            return MessageId::from(format!("relay:{}", a.peer_id));
+        }
+        // Not a relayed record (refused when validated): any unique id.
+        let mut h = siphasher::sip128::SipHasher13::new();
+        h.write(&m.data);
+        let v = siphasher::sip128::Hasher128::finish128(&h).as_u128();
+        return MessageId::from(format!("relay:bad:{v:032x}"));
+    }
+    let mut id = match m.source.as_ref() {
+        Some(peer) => peer.to_base58(),
+        None => PeerId::from_bytes(&[0, 1, 0]).map(|p| p.to_base58()).unwrap_or_default(),
+    };
+    id.push_str(&m.sequence_number.unwrap_or_default().to_string());
+    MessageId::from(id)
 }
 
 /// What gossipsub is told of a record once merged: a record whose name
@@ -69,5 +101,36 @@ mod tests {
         assert!(matches!(classify(me, Some(other), b"not cbor"), Incoming::Invalid(..)));
         assert_eq!(verdict(Merge::Conflict), MessageAcceptance::Reject);
         assert_eq!(verdict(Merge::Stale), MessageAcceptance::Accept);
+    }
+
+    #[test]
+    fn relayed_records_are_one_message_whoever_relays_them() {
+        use libp2p::gossipsub::IdentTopic;
+        let msg = |source: PeerId, seqno: u64, topic: &str, data: &[u8]| Message {
+            source: Some(source),
+            data: data.to_vec(),
+            sequence_number: Some(seqno),
+            topic: IdentTopic::new(topic).hash(),
+        };
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let relay = crate::network::protocol::RELAY_TOPIC;
+        let of = |author: PeerId, level: f64| {
+            let record = CellRecord { level, ..record() };
+            crate::network::protocol::KnownCell { peer_id: author.to_base58(), record }.to_cbor()
+        };
+        // Two cells relay two versions of one cell's record: one message.
+        let x = PeerId::random();
+        assert_eq!(
+            message_id(&msg(a, 1, relay, &of(x, 0.5))),
+            message_id(&msg(b, 9, relay, &of(x, 0.7)))
+        );
+        assert_ne!(
+            message_id(&msg(a, 1, relay, &of(x, 0.5))),
+            message_id(&msg(a, 1, relay, &of(b, 0.5)))
+        );
+        assert_ne!(message_id(&msg(a, 1, relay, b"r")), message_id(&msg(a, 1, relay, b"s")));
+        // Records and notices keep rust-libp2p's default id.
+        let topic = crate::network::protocol::TOPIC;
+        assert_eq!(message_id(&msg(a, 17, topic, b"r")), MessageId::from(format!("{a}17")));
     }
 }

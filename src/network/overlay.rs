@@ -184,6 +184,12 @@ impl Settle {
         Duration::from_millis(u64::from_le_bytes(tail) % span.max(1))
     }
 
+    /// How long the set of neighbours has held still (as of the last
+    /// [`Settle::due`]): while it changes, the view is still growing.
+    pub(crate) fn still_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.since)
+    }
+
     /// Whether the dials of `neighbours` not linked yet may go out now:
     /// at once for a cell with fewer than [`MIN_LINKS`] `links` (it is
     /// joining), otherwise once the set has held still

@@ -250,6 +250,15 @@ impl Node {
         let gossipsub::Event::Message { propagation_source, message_id, message } = e else {
             return;
         };
+        if message.topic == self.overlay.relay_hash {
+            let verdict = self.on_relayed(&message.data);
+            self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                &message_id,
+                &propagation_source,
+                verdict,
+            );
+            return;
+        }
         if message.topic == self.overlay.notice_hash {
             let verdict = match message.source {
                 Some(source) => self.on_notice_gossip(source, &message.data),

@@ -10,17 +10,23 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::PeerId;
 
 use super::Node;
-use crate::mesh::FoundBy;
+use crate::mesh::{FoundBy, Merge};
 use crate::metrics::{ReasonLabel, RegistrationLabels};
 use crate::network::dialer::RegisterReply;
+use crate::network::gossip;
 use crate::network::liveness::{self, Peers};
 use crate::network::membership::{self, Request};
 use crate::network::protocol::{
-    CellRecord, KnownCell, RecordError, RegisterRequest, RegisterResponse, RequestKind,
+    CellRecord, KnownCell, RecordError, RegisterRequest, RegisterResponse, RelayError, RequestKind,
     SignatureError, MAX_KNOWN_RECORDS,
 };
 use crate::network::{BehaviourEvent, CommandError, RegisterOutcome};
 use futures::StreamExt;
+use libp2p::gossipsub;
+
+/// How long a cell's relay is remembered: longer than gossipsub keeps
+/// message ids (60 s), which drops a second relay of the same cell.
+const RELAY_MEMORY: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Why an exchange's records were refused.
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +90,14 @@ impl Node {
             Some(_) => record.verified(&peer).inspect_err(|e| self.refused(peer, peer, e))?,
             None => record.clone(),
         };
-        self.merge_record(peer, &own, FoundBy::Inbound, true);
+        // What this exchange brings is relayed only when it may join two
+        // parts of the mesh: we held others' records already. (A joining
+        // cell learns all of its first link's part, which has them: relayed
+        // back, they were ~100 floods at a start of 100 cells, for nothing.)
+        let bridging = self.mesh.digest().any(|(p, _)| p != peer);
+        if self.merge_record(peer, &own, FoundBy::Inbound, true) == Merge::New && bridging {
+            self.relay(peer, &own);
+        }
         let mut n = 0;
         for k in known.iter().take(MAX_KNOWN_RECORDS) {
             let Ok(p) = k.peer_id.parse::<PeerId>() else { continue };
@@ -112,7 +125,9 @@ impl Node {
                 continue;
             }
             n += 1;
-            self.merge_record(p, &signed, FoundBy::Gossip, false);
+            if self.merge_record(p, &signed, FoundBy::Gossip, false) == Merge::New && bridging {
+                self.relay(p, &signed);
+            }
         }
         // Cells we just heard of are dialed now, not at the next tick: a
         // cell that started after the others sent mDNS only a query, which
@@ -128,6 +143,91 @@ impl Node {
             self.start_dials(dials);
         }
         Ok(n)
+    }
+
+    /// Passes on by gossip the record of a cell this cell first heard of in
+    /// an exchange (see [`RELAY_TOPIC`](crate::network::protocol::RELAY_TOPIC)): what one link brings reaches every
+    /// cell this one reaches, not one exchange hop at a time. Only cells new
+    /// here: a known cell's newer records are its own to publish (relaying
+    /// every version of every record, at 100 cells, tripled the CPU of a
+    /// start). Records that came by gossip are not relayed (gossipsub
+    /// spreads them already), nor unsigned ones (the receivers would refuse
+    /// them). A cell that holds the record already does not pass the relay
+    /// on (see [`Node::on_relayed`]).
+    fn relay(&mut self, author: PeerId, record: &CellRecord) {
+        let now = Instant::now();
+        if record.envelope.is_none() || self.relayed_lately(author, now) {
+            return;
+        }
+        let data = KnownCell { peer_id: author.to_base58(), record: record.clone() }.to_cbor();
+        let topic = self.overlay.relay_topic.clone();
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, data) {
+            Ok(_) => {
+                self.metrics.records_relayed.inc();
+            }
+            // Duplicate: another cell relayed it to us first.
+            Err(
+                gossipsub::PublishError::Duplicate
+                | gossipsub::PublishError::NoPeersSubscribedToTopic,
+            ) => {}
+            Err(e) => tracing::debug!(%author, error = %e, "relaying a record failed"),
+        }
+    }
+
+    /// Whether `author`'s record was relayed, by us or to us, within
+    /// [`RELAY_MEMORY`] (notes it as relayed now otherwise).
+    fn relayed_lately(&mut self, author: PeerId, now: Instant) -> bool {
+        let relayed = &mut self.overlay.relayed;
+        if relayed.len() > 4096 {
+            relayed.retain(|_, at| now.saturating_duration_since(*at) < RELAY_MEMORY);
+        }
+        match relayed.insert(author, now) {
+            Some(at) if now.saturating_duration_since(at) < RELAY_MEMORY => {
+                relayed.insert(author, at);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A record relayed by gossip (see
+    /// [`RELAY_TOPIC`](crate::network::protocol::RELAY_TOPIC)): merged if its
+    /// author signed it as sent; the verdict tells gossipsub whether to
+    /// pass it on (only news is).
+    pub(super) fn on_relayed(&mut self, data: &[u8]) -> gossipsub::MessageAcceptance {
+        let decoded = KnownCell::from_relay(data);
+        if let Ok((author, _)) = &decoded {
+            self.relayed_lately(*author, Instant::now());
+        }
+        match decoded {
+            Ok((author, record)) if author == self.local.peer => {
+                self.check_clone(&record, "relayed gossip");
+                gossipsub::MessageAcceptance::Accept
+            }
+            Ok((author, record)) => {
+                self.metrics.gossip_received.inc();
+                match self.merge_record(author, &record, FoundBy::Gossip, false) {
+                    // Known here: the cells around us most likely know it
+                    // too; passing it on would flood the mesh for nothing.
+                    Merge::Stale => gossipsub::MessageAcceptance::Ignore,
+                    merge => gossip::verdict(merge),
+                }
+            }
+            Err(RelayError::Signature { author, error }) => {
+                self.metrics
+                    .records_refused
+                    .get_or_create(&ReasonLabel { reason: error.reason() })
+                    .inc();
+                tracing::debug!(%author, %error, "refused a relayed record");
+                self.reject("forged");
+                gossipsub::MessageAcceptance::Reject
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "refused a relayed record");
+                self.reject("invalid");
+                gossipsub::MessageAcceptance::Reject
+            }
+        }
     }
 
     /// A record of `author` from `sender` failed its signature check:

@@ -43,7 +43,7 @@ use crate::network::liveness::{self, Liveness, Peers};
 use crate::network::local::{CloneNews, Local};
 use crate::network::membership::{Membership, Request};
 use crate::network::protocol::{
-    CellRecord, RegisterRequest, RegisterResponse, RequestKind, NOTICE_TOPIC, TOPIC,
+    CellRecord, RegisterRequest, RegisterResponse, RequestKind, NOTICE_TOPIC, RELAY_TOPIC, TOPIC,
 };
 use crate::network::publisher::Publisher;
 use crate::network::tasks::{Tasks, Wiring};
@@ -112,6 +112,8 @@ impl Node {
         swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
         let notice_topic = IdentTopic::new(NOTICE_TOPIC);
         swarm.behaviour_mut().gossipsub.subscribe(&notice_topic)?;
+        let relay_topic = IdentTopic::new(RELAY_TOPIC);
+        swarm.behaviour_mut().gossipsub.subscribe(&relay_topic)?;
         let local_peer = *swarm.local_peer_id();
         let (mut level, mut saved_seq, mut rejoin) = (config.consciousness_level, 0, Vec::new());
         if let Some(s) = restored {
@@ -186,6 +188,9 @@ impl Node {
             overlay: neighbours::OverlayState {
                 notice_hash: notice_topic.hash(),
                 notice_topic,
+                relay_hash: relay_topic.hash(),
+                relay_topic,
+                relayed: HashMap::new(),
                 pruned: HashSet::new(),
                 prune_backoff: Default::default(),
                 announced: 0,
@@ -394,6 +399,8 @@ impl Node {
         let neighbours = self.neighbours();
         let dials =
             self.dialer.dial_known(now, &self.mesh, &self.links, self.beyond.nets(), &neighbours);
+        self.start_dials(dials);
+        let dials = self.dialer.dial_strangers(now, &self.mesh, &self.links);
         self.start_dials(dials);
         for step in self.dialer.on_tick(now, &self.mesh, &self.links) {
             match step {

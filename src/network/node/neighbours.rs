@@ -16,6 +16,13 @@ use crate::network::protocol::Notice;
 pub(super) struct OverlayState {
     pub(super) notice_topic: IdentTopic,
     pub(super) notice_hash: TopicHash,
+    /// Records learned in exchanges are passed on here (see `RELAY_TOPIC`).
+    pub(super) relay_topic: IdentTopic,
+    pub(super) relay_hash: TopicHash,
+    /// Cells whose record was relayed (by us or to us) and when: gossipsub
+    /// drops a second relay of a cell for a minute (`gossip::message_id`),
+    /// and warns when we publish one; we do not try.
+    pub(super) relayed: std::collections::HashMap<PeerId, Instant>,
     /// Cells whose links we closed as no neighbours: their closing is no
     /// news.
     pub(super) pruned: HashSet<PeerId>,

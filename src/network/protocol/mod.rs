@@ -14,6 +14,12 @@ pub const TOPIC: &str = "aios/consciousness/1";
 /// Gossipsub topic of membership notices ([`Notice`]): suspicions and
 /// failures, spread to every cell whatever links it holds.
 pub const NOTICE_TOPIC: &str = "aios/membership/1";
+/// Gossipsub topic of relayed records ([`KnownCell`], one per message): a
+/// cell that learns a record in an exchange (not by gossip) passes it on
+/// here, so that what one link brings reaches every cell it can reach at
+/// once, not an exchange hop at a time. Its message id is the content's
+/// hash: many cells relaying the same record send it once.
+pub const RELAY_TOPIC: &str = "aios/relay/1";
 /// Request-response protocol for registration, record exchange and leave.
 pub const REGISTER_PROTOCOL: &str = "/aios/register/1.0.0";
 /// Kademlia protocol name: cells keep their own DHT, apart from IPFS's.
@@ -474,6 +480,47 @@ pub struct KnownCell {
     /// The cell's peer id, base58.
     pub peer_id: String,
     pub record: CellRecord,
+}
+
+/// Why a relayed record ([`RELAY_TOPIC`]) was refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum RelayError {
+    #[error("relayed record is not valid CBOR: {0}")]
+    Decode(String),
+    #[error("relayed record names no valid peer id: {0}")]
+    PeerId(String),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("relayed record of {author}: {error}")]
+    Signature { author: PeerId, error: Box<SignatureError> },
+}
+
+impl KnownCell {
+    /// A message on [`RELAY_TOPIC`].
+    pub fn to_cbor(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1024);
+        // Writing a plain struct to a Vec cannot fail.
+        let _ = ciborium::into_writer(self, &mut out);
+        out
+    }
+
+    /// Decodes a message on [`RELAY_TOPIC`]: the author and its record as
+    /// the author signed it (unsigned, forged or altered ones are refused).
+    pub fn from_relay(bytes: &[u8]) -> Result<(PeerId, CellRecord), RelayError> {
+        // The record plus its author's peer id and the map around them.
+        if bytes.len() > MAX_RECORD_BYTES + 128 {
+            return Err(RecordError::TooLarge.into());
+        }
+        let k: KnownCell =
+            ciborium::from_reader(bytes).map_err(|e| RelayError::Decode(e.to_string()))?;
+        let author: PeerId = k.peer_id.parse().map_err(|_| RelayError::PeerId(k.peer_id))?;
+        k.record.validate()?;
+        let signed = k
+            .record
+            .verified(&author)
+            .map_err(|e| RelayError::Signature { author, error: Box::new(e) })?;
+        Ok((author, signed))
+    }
 }
 
 /// Request on `/aios/register/1.0.0`.

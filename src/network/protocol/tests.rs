@@ -329,3 +329,32 @@ fn escape_text_makes_hostile_text_inert() {
     assert_eq!(escape_text("a\u{1b}[2J\r\n\u{202e}b"), "a\\u{1b}[2J\\u{d}\\u{a}\\u{202e}b");
     assert!(!escape_text("\u{9b}31m\u{7f}").chars().any(is_forbidden_char));
 }
+
+#[test]
+fn a_relayed_record_counts_only_as_its_author_signed_it() {
+    let author = libp2p::identity::Keypair::generate_ed25519();
+    let id = author.public().to_peer_id();
+    let signed = record().signed(&author).expect("signed");
+    let relay = |record: CellRecord| KnownCell { peer_id: id.to_base58(), record }.to_cbor();
+    assert_eq!(KnownCell::from_relay(&relay(signed.clone())), Ok((id, signed.clone())));
+    // The same record relayed by two cells is the same bytes: one message id.
+    assert_eq!(relay(signed.clone()), relay(signed.clone()));
+    let refused = |bytes: &[u8]| match KnownCell::from_relay(bytes) {
+        Err(RelayError::Signature { error, .. }) => *error,
+        other => panic!("not a signature error: {other:?}"),
+    };
+    let mut level = signed.clone();
+    level.level = 6.0;
+    assert_eq!(refused(&relay(level)), SignatureError::Altered);
+    assert_eq!(refused(&relay(record())), SignatureError::Unsigned);
+    // Named as another cell's: signed by the wrong key.
+    let other = KnownCell { peer_id: libp2p::PeerId::random().to_base58(), record: signed };
+    assert!(matches!(refused(&other.to_cbor()), SignatureError::WrongAuthor { .. }));
+    let bad_id = KnownCell { peer_id: "nobody".into(), record: record() };
+    assert!(matches!(KnownCell::from_relay(&bad_id.to_cbor()), Err(RelayError::PeerId(_))));
+    assert!(matches!(KnownCell::from_relay(b"\xff\x00"), Err(RelayError::Decode(_))));
+    assert!(matches!(
+        KnownCell::from_relay(&vec![0u8; MAX_RECORD_BYTES + 200]),
+        Err(RelayError::Record(RecordError::TooLarge))
+    ));
+}

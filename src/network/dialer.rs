@@ -326,7 +326,8 @@ impl Dialer {
 
     /// Cells found by mDNS that none of the cells our links reach has
     /// heard of ([`MeshView::strangers`]) are dialed once the view holds
-    /// still ([`STRANGER_AFTER`]), ring neighbours or not, and whichever
+    /// still ([`STRANGER_AFTER`] plus the cell's share of
+    /// [`overlay::NEIGHBOURS_JITTER`]), ring neighbours or not, and whichever
     /// peer id is smaller: they are in
     /// another part of the mesh (cells that started together and found only
     /// each other), and one link joins the two parts (its record exchange
@@ -345,7 +346,12 @@ impl Dialer {
         // Dialing them sooner (3 s after they were found, the view still
         // growing) was ~600 more connections at a start of 100 cells, and
         // the load raised ~200 false suspicions.
-        if self.settle.still_for(now) < STRANGER_AFTER {
+        // Plus the cell's own share of the jitter: the cells of one part
+        // found the same cells of another (the ones answering mDNS); the
+        // first to dial joins the parts, and the others learn the strangers'
+        // records before their turn. (Without it, a cell answering mDNS
+        // held 31 links at the convergence of 100 cells.)
+        if self.settle.still_for(now) < STRANGER_AFTER + self.settle.jitter() {
             return Vec::new();
         }
         let mut out = Vec::new();
@@ -787,17 +793,19 @@ mod tests {
         mesh.merge(named, &record, FoundBy::Gossip, false);
         // Soon after it was found, records may still name it.
         assert!(d.dial_strangers(t0 + MS(500), &mesh, &links).is_empty());
-        // The view changed a second in (its neighbours did): still growing.
+        // The view changed (its neighbours did): still growing. The wait
+        // then is 1.5 s plus the cell's own share of the jitter.
+        let j = overlay::Settle::jitter_of(&me);
         let view = BTreeSet::from([linked, stranger, named]);
         d.neighbours_due(t0 + MS(1000), &links, &view, false);
-        assert!(d.dial_strangers(t0 + MS(2000), &mesh, &links).is_empty());
+        assert!(d.dial_strangers(t0 + MS(2000) + j, &mesh, &links).is_empty());
         let view = BTreeSet::from([linked, stranger]);
         d.neighbours_due(t0 + MS(2000), &links, &view, false);
-        assert!(d.dial_strangers(t0 + MS(3400), &mesh, &links).is_empty());
-        let dials = d.dial_strangers(t0 + MS(3500), &mesh, &links);
+        assert!(d.dial_strangers(t0 + MS(3400) + j, &mesh, &links).is_empty());
+        let dials = d.dial_strangers(t0 + MS(3500) + j, &mesh, &links);
         let dialed: Vec<_> = dials.iter().map(|x| x.peer).collect();
         assert_eq!(dialed, vec![Some(stranger)], "the stranger, whatever the peer ids");
-        assert!(d.dial_strangers(t0 + MS(4000), &mesh, &links).is_empty(), "once");
-        assert_eq!(d.dial_strangers(t0 + MS(3500) + STRANGER_RETRY, &mesh, &links).len(), 1);
+        assert!(d.dial_strangers(t0 + MS(4000) + j, &mesh, &links).is_empty(), "once");
+        assert_eq!(d.dial_strangers(t0 + MS(3500) + j + STRANGER_RETRY, &mesh, &links).len(), 1);
     }
 }

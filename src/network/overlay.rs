@@ -28,6 +28,38 @@ pub(crate) const FULL_MESH_UP_TO: usize = 11;
 /// and idle: long enough for the record exchange it was made for, and for
 /// a view that changed for a moment to settle.
 pub(crate) const PRUNE_AFTER: Duration = Duration::from_secs(15);
+/// A cell keeps at most this many links whatever the mesh's size: its
+/// ring neighbours (10 up to 243 cells, 12 up to 729) and a few others.
+pub(crate) const LINKS_BOUND: usize = 16;
+/// Above [`LINKS_BOUND`], links to cells that are no neighbours are closed
+/// once this old (their record exchange done), not [`PRUNE_AFTER`].
+pub(crate) const PRUNE_OVER_BOUND_AFTER: Duration = Duration::from_secs(2);
+
+/// Which links to close, of `links`: each link's cell, its age, and for a
+/// cell that is no neighbour (nor configured, busy, a relay, another
+/// implementation) the age at which its link is closed
+/// ([`PruneBackoff::after`]). Above [`LINKS_BOUND`] (a cell many others
+/// found first: joining dials, strangers), the oldest of those close once
+/// [`PRUNE_OVER_BOUND_AFTER`] old, down to the bound.
+pub(crate) fn links_to_close(links: &[(PeerId, Duration, Option<Duration>)]) -> Vec<PeerId> {
+    let mut close: Vec<PeerId> = links
+        .iter()
+        .filter(|(_, age, after)| after.is_some_and(|after| *age >= after))
+        .map(|(p, _, _)| *p)
+        .collect();
+    let over = (links.len() - close.len()).saturating_sub(LINKS_BOUND);
+    let mut extra: Vec<(Duration, PeerId)> = links
+        .iter()
+        .filter(|(p, age, after)| {
+            after.is_some() && *age >= PRUNE_OVER_BOUND_AFTER && !close.contains(p)
+        })
+        .map(|(p, age, _)| (*age, *p))
+        .collect();
+    extra.sort_by_key(|(age, _)| std::cmp::Reverse(*age));
+    close.extend(extra.into_iter().take(over).map(|(_, p)| p));
+    close
+}
+
 /// A link to a cell that is no neighbour, made again after we closed it
 /// (the other cell counts us its neighbour: our views differ, and it
 /// dialed back at once to check that we live), is closed only after
@@ -184,6 +216,11 @@ impl Settle {
         Duration::from_millis(u64::from_le_bytes(tail) % span.max(1))
     }
 
+    /// This cell's share of [`NEIGHBOURS_JITTER`].
+    pub(crate) fn jitter(&self) -> Duration {
+        self.jitter
+    }
+
     /// How long the set of neighbours has held still (as of the last
     /// [`Settle::due`]): while it changes, the view is still growing.
     pub(crate) fn still_for(&self, now: Instant) -> Duration {
@@ -251,6 +288,30 @@ mod tests {
         let mut v: Vec<PeerId> = (0..n).map(|_| PeerId::random()).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn links_above_the_bound_close_as_soon_as_their_exchange_is_done_oldest_first() {
+        let s = Duration::from_secs;
+        // Ten neighbours, a link closed at its usual age, and eight young
+        // links to cells that are no neighbours (joining dials).
+        let mut links: Vec<(PeerId, Duration, Option<Duration>)> =
+            (0..10).map(|_| (PeerId::random(), s(60), None)).collect();
+        let due = PeerId::random();
+        links.push((due, s(20), Some(PRUNE_AFTER)));
+        let young: Vec<PeerId> = (0..8).map(|_| PeerId::random()).collect();
+        for (i, p) in young.iter().enumerate() {
+            links.push((*p, Duration::from_millis(1000 + 200 * i as u64), Some(PRUNE_AFTER)));
+        }
+        let close = links_to_close(&links);
+        // 18 kept would be 2 over: the two oldest of those past 2 s go.
+        assert_eq!(close, vec![due, young[7], young[6]]);
+        // Within the bound, young links wait for their usual age.
+        links.truncate(14);
+        assert_eq!(links_to_close(&links), vec![due]);
+        // Neighbours are never closed, however many.
+        let many: Vec<_> = (0..30).map(|_| (PeerId::random(), s(60), None)).collect();
+        assert!(links_to_close(&many).is_empty());
     }
 
     /// Largest hop count from `from` to any cell over neighbour links.

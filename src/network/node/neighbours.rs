@@ -47,31 +47,33 @@ impl Node {
     /// Closes links to cells that are no neighbours once they are
     /// [`overlay::PRUNE_AFTER`] old (longer for a cell whose link we closed
     /// before, see [`overlay::PruneBackoff`]): a join, a `/register`, a check, a
-    /// neighbour before the view changed. Configured peers, relays, cells
-    /// that do not speak our probes (another implementation), and cells
-    /// with an exchange under way keep theirs.
+    /// neighbour before the view changed; sooner above
+    /// [`overlay::LINKS_BOUND`], see [`overlay::links_to_close`]). Configured
+    /// peers, relays, cells that do not speak our probes (another
+    /// implementation), and cells with an exchange under way keep theirs.
     pub(super) fn prune_non_neighbours(&mut self, now: Instant, neighbours: &BTreeSet<PeerId>) {
         for p in neighbours {
             self.overlay.prune_backoff.neighbour(p);
         }
         let configured = self.dialer.configured_peers();
         let relays: HashSet<String> = self.beyond.relays().into_iter().collect();
-        let stale: Vec<PeerId> = self
+        let links: Vec<(PeerId, std::time::Duration, Option<std::time::Duration>)> = self
             .links
             .peers()
-            .filter(|p| {
-                !neighbours.contains(p)
-                    && !configured.contains(p)
-                    && self.liveness.probes(p)
-                    && !self.membership.busy_with(p)
+            .map(|p| {
+                let links = self.links.of(&p);
+                let age =
+                    links.iter().map(|l| now.duration_since(l.since)).min().unwrap_or_default();
+                let prunable = !neighbours.contains(&p)
+                    && !configured.contains(&p)
+                    && self.liveness.probes(&p)
+                    && !self.membership.busy_with(&p)
                     && !relays.contains(&p.to_base58())
-                    && self.links.of(p).iter().all(|l| {
-                        !l.relayed
-                            && now.duration_since(l.since)
-                                >= self.overlay.prune_backoff.after(p, now)
-                    })
+                    && links.iter().all(|l| !l.relayed);
+                (p, age, prunable.then(|| self.overlay.prune_backoff.after(&p, now)))
             })
             .collect();
+        let stale = overlay::links_to_close(&links);
         for peer in stale {
             tracing::debug!(%peer, "closing the link to a cell that is no neighbour");
             self.overlay.pruned.insert(peer);

@@ -78,7 +78,12 @@ impl Node {
                     self.publisher.coalescer.dirty();
                     let ours = self.overlay.pruned.remove(&peer_id);
                     let alive = self.mesh.state_of(&peer_id) == Some(PeerState::Alive);
-                    if !ours && alive && self.neighbours().contains(&peer_id) {
+                    // Our last link, too: with no link left, this cell
+                    // hears no notice of a crash (a joining cell's only
+                    // link, not a ring neighbour, killed at a start of 30
+                    // cells stayed alive at it for good).
+                    let isolated = self.links.is_empty();
+                    if !ours && alive && (isolated || self.neighbours().contains(&peer_id)) {
                         // A crash, or a neighbour whose view differs closing
                         // a link it does not want: a dial tells which.
                         let addrs = self.mesh.addrs_of(&peer_id);

@@ -146,8 +146,10 @@ impl Node {
     }
 
     /// Passes on by gossip the record of a cell this cell first heard of in
-    /// an exchange (see [`RELAY_TOPIC`](crate::network::protocol::RELAY_TOPIC)): what one link brings reaches every
-    /// cell this one reaches, not one exchange hop at a time. Only cells new
+    /// an exchange (see
+    /// [`RELAY_TOPIC`](crate::network::protocol::RELAY_TOPIC)): what one link
+    /// brings reaches every cell this one reaches, not one exchange hop at a
+    /// time. Only cells new
     /// here: a known cell's newer records are its own to publish (relaying
     /// every version of every record, at 100 cells, tripled the CPU of a
     /// start). Records that came by gossip are not relayed (gossipsub

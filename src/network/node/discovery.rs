@@ -1,6 +1,6 @@
 //! The node's routing of behaviour events: gossip, identify, ping, mDNS,
 //! Kademlia, AutoNAT, relays and hole punching, and interface changes. The
-//! decisions are in `beyond_lan.rs`, `dialer.rs`, `gossip.rs` and
+//! decisions are in `beyond_lan.rs`, `dialer/`, `gossip.rs` and
 //! `liveness/`; this carries them out on the swarm.
 
 use std::time::Instant;

@@ -183,13 +183,13 @@ impl Node {
         if relayed.len() > 4096 {
             relayed.retain(|_, at| now.saturating_duration_since(*at) < RELAY_MEMORY);
         }
-        match relayed.insert(author, now) {
-            Some(at) if now.saturating_duration_since(at) < RELAY_MEMORY => {
-                relayed.insert(author, at);
-                true
-            }
-            _ => false,
+        let lately = relayed
+            .get(&author)
+            .is_some_and(|at| now.saturating_duration_since(*at) < RELAY_MEMORY);
+        if !lately {
+            relayed.insert(author, now);
         }
+        lately
     }
 
     /// A record relayed by gossip (see

@@ -27,6 +27,10 @@ pub(crate) struct Suspicion {
     confirmers: HashSet<PeerId>,
     /// This cell's own check went unanswered too.
     pub(crate) confirmed_here: bool,
+    /// Times the timeout was put off because this cell ran late itself
+    /// (see [`Suspicion::defer`]), and the time added.
+    defers: u32,
+    extra: Duration,
 }
 
 impl Suspicion {
@@ -40,7 +44,17 @@ impl Suspicion {
     ) -> Self {
         let mut confirmers = HashSet::new();
         confirmers.insert(by);
-        Self { incarnation, start: now, k, min, max, confirmers, confirmed_here: false }
+        Self {
+            incarnation,
+            start: now,
+            k,
+            min,
+            max,
+            confirmers,
+            confirmed_here: false,
+            defers: 0,
+            extra: Duration::ZERO,
+        }
     }
 
     /// Another cell suspects it too. Returns whether that was news (a cell
@@ -68,7 +82,21 @@ impl Suspicion {
 
     /// When it times out.
     pub(crate) fn deadline(&self) -> Instant {
-        self.start + self.timeout()
+        self.start + self.timeout() + self.extra
+    }
+
+    /// Puts the timeout off by `by`, at most `limit` times in all; returns
+    /// whether it did. A cell whose own loop runs late when a suspicion
+    /// times out cannot tell a silent suspect from a refutation still on
+    /// its way to it (Lifeguard: a cell in poor local health is slow to
+    /// judge others).
+    pub(crate) fn defer(&mut self, by: Duration, limit: u32) -> bool {
+        if self.defers >= limit {
+            return false;
+        }
+        self.defers += 1;
+        self.extra += by;
+        true
     }
 }
 

@@ -502,3 +502,30 @@ fn suspicion_timeouts_grow_slowly_with_the_mesh() {
     assert!((1.5..1.6).contains(&at100), "{at100}");
     assert!((1.7..1.8).contains(&at200), "{at200}");
 }
+
+#[test]
+fn a_cell_that_runs_late_waits_longer_before_failing_a_suspect() {
+    let mut b = Bed::new(4, false);
+    let x = b.others[0];
+    b.notice(b.others[1], x, 0);
+    assert_eq!(b.live.deadline(), Some(b.at(4000)));
+    // This cell's own loop stalls: a tick a second late (strain 1).
+    b.live.on_tick(b.at(1500));
+    assert_eq!(b.live.health_score(), 1);
+    // The suspicion's time comes: put off by (1 + strain) × 500 ms, four
+    // times at most, then the cell is failed.
+    assert!(fails(&b.until(4000)).is_empty());
+    assert!(b.live.is_suspected(&x));
+    assert_eq!(b.live.deadline(), Some(b.at(5000)));
+    assert!(fails(&b.until(7999)).is_empty());
+    assert_eq!(fails(&b.until(8000)), vec![x]);
+    // The refutation that was queued behind the delay arrives in that
+    // time: the cell is never failed.
+    let mut c = Bed::new(4, false);
+    let x = c.others[0];
+    c.notice(c.others[1], x, 0);
+    c.live.on_tick(c.at(1500));
+    assert!(fails(&c.until(4500)).is_empty());
+    assert_eq!(c.live.refuted(x, 1), vec![Action::Mark { peer: x, on: false }]);
+    assert!(fails(&c.until(20_000)).is_empty());
+}

@@ -194,6 +194,7 @@ fn behaviour(
         .allow_self_origin(true)
         .max_transmit_size(MAX_GOSSIP_BYTES)
         .message_id_fn(crate::network::gossip::message_id)
+        .duplicate_cache_time(crate::network::gossip::SEEN_FOR)
         .heartbeat_initial_delay(Duration::from_millis(500))
         .build()
         .map_err(|e| NetworkError::Behaviour(e.to_string()))?;

@@ -32,10 +32,17 @@ pub(crate) fn classify(local: PeerId, source: Option<PeerId>, data: &[u8]) -> In
     }
 }
 
+/// How long gossipsub remembers a message id and drops it as a duplicate:
+/// as long as its peer scoring keeps a message's delivery record (120 s;
+/// gossipsub's default of 60 s let a relay of a cell seen a minute before
+/// pass as new, a flood for nothing, and logged "Unexpected delivery
+/// trace" ~500 times per cell in a 200-cell start).
+pub(crate) const SEEN_FOR: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Gossipsub message ids. On [`RELAY_TOPIC`]: `relay:` and the relayed
 /// record's author (a cell introduced by many cells, in whatever version
 /// of its record, is one message, passed on once while gossipsub
-/// remembers it: 60 s); every other topic keeps rust-libp2p's default
+/// remembers it, [`SEEN_FOR`]); every other topic keeps rust-libp2p's default
 /// (author in base58, then the seqno in decimal), which other
 /// implementations match (docs/protocol.md).
 pub(crate) fn message_id(m: &Message) -> MessageId {

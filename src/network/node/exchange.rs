@@ -24,9 +24,9 @@ use crate::network::{BehaviourEvent, CommandError, RegisterOutcome};
 use futures::StreamExt;
 use libp2p::gossipsub;
 
-/// How long a cell's relay is remembered: longer than gossipsub keeps
-/// message ids (60 s), which drops a second relay of the same cell.
-const RELAY_MEMORY: std::time::Duration = std::time::Duration::from_secs(120);
+/// How long a cell's relay is remembered: as long as gossipsub keeps
+/// message ids, which drops a second relay of the same cell.
+const RELAY_MEMORY: std::time::Duration = crate::network::gossip::SEEN_FOR;
 
 /// Why an exchange's records were refused.
 #[derive(Debug, thiserror::Error)]

@@ -258,6 +258,13 @@ impl CellMetrics {
 
     /// Brings the gauges in line with a new snapshot.
     pub fn observe(&self, snap: &Snapshot) {
+        self.observe_levels(snap);
+        self.observe_counts(snap);
+    }
+
+    /// The level gauge, one series per live cell (rebuilt: a cell gone
+    /// loses its series).
+    pub fn observe_levels(&self, snap: &Snapshot) {
         self.level.clear();
         self.level
             .get_or_create(&CellLabel { cell_id: snap.local.cell_id.clone() })
@@ -267,6 +274,10 @@ impl CellMetrics {
                 self.level.get_or_create(&CellLabel { cell_id: id.clone() }).set(level);
             }
         }
+    }
+
+    /// The gauges of cells by state and of connections.
+    pub fn observe_counts(&self, snap: &Snapshot) {
         for s in PeerState::ALL {
             self.peers.get_or_create(&StateLabel { state: s.as_str() }).set(snap.count(s) as i64);
         }

@@ -1,6 +1,7 @@
 //! Route handlers and the strict JSON body reader they share.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -168,7 +169,7 @@ pub struct Peers {
     pub cell_id: String,
     pub peer_id: String,
     pub count: usize,
-    pub peers: Vec<PeerEntry>,
+    pub peers: Vec<Arc<PeerEntry>>,
 }
 
 pub(super) async fn peers(State(state): State<AppState>) -> Json<Peers> {

@@ -5,6 +5,7 @@
 //! through a `watch` channel; HTTP and metrics read that snapshot.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use libp2p::{Multiaddr, PeerId};
@@ -145,7 +146,9 @@ pub struct MeshView {
 
 #[derive(Debug, Clone)]
 struct Row {
-    entry: PeerEntry,
+    /// What `/peers` shows of it, shared with the snapshots taken since it
+    /// last changed (a change copies it once: [`Row::entry_mut`]).
+    entry: Arc<PeerEntry>,
     addrs: BTreeSet<Multiaddr>,
     /// We have been connected to it or heard from it directly: its
     /// `cell_joined` has been announced. Rows made by discovery alone have not.
@@ -160,6 +163,14 @@ struct Row {
 }
 
 impl Row {
+    /// The entry, to change: copied first if a snapshot still shares it.
+    /// (A snapshot of N cells is N pointers; a start among N cells takes
+    /// ~N snapshots, which as deep copies were O(N²) per cell, a fifth of
+    /// a cell's start-up CPU at 100 cells.)
+    fn entry_mut(&mut self) -> &mut PeerEntry {
+        Arc::make_mut(&mut self.entry)
+    }
+
     /// Adds addresses; the row's `addresses` (as `/peers` shows them) are
     /// written again only when one is new: snapshots, taken after every
     /// burst of events, clone them instead of formatting every address.
@@ -169,7 +180,7 @@ impl Row {
             new |= self.addrs.insert(a);
         }
         if new {
-            self.entry.addresses = self.addrs.iter().map(|a| a.to_string()).collect();
+            self.entry_mut().addresses = self.addrs.iter().map(|a| a.to_string()).collect();
         }
     }
 
@@ -230,7 +241,7 @@ impl MeshView {
 
     fn row(&mut self, peer: PeerId, found: FoundBy) -> &mut Row {
         self.peers.entry(peer).or_insert_with(|| Row {
-            entry: PeerEntry {
+            entry: Arc::new(PeerEntry {
                 peer_id: peer.to_base58(),
                 cell_id: None,
                 branch: None,
@@ -248,7 +259,7 @@ impl MeshView {
                 tags: BTreeMap::new(),
                 services: Vec::new(),
                 record_addrs: Vec::new(),
-            },
+            }),
             addrs: BTreeSet::new(),
             joined: false,
             created: std::time::Instant::now(),
@@ -259,9 +270,9 @@ impl MeshView {
 
     fn set_state(row: &mut Row, peer: PeerId, to: PeerState) -> Option<Transition> {
         let from = row.entry.state;
-        row.entry.state = to;
+        row.entry_mut().state = to;
         if to != PeerState::Alive {
-            row.entry.suspect = false;
+            row.entry_mut().suspect = false;
         }
         (from != to).then_some(Transition { peer, from: Some(from), to })
     }
@@ -286,17 +297,17 @@ impl MeshView {
         if !row.ever_connected && row.entry.found_by == FoundBy::Gossip {
             // Only heard of through the mesh until now (its records): what
             // made the first connection is how it was found.
-            row.entry.found_by = found;
+            row.entry_mut().found_by = found;
         }
         row.ever_connected = true;
-        row.entry.connected = true;
-        row.entry.last_seen_ms = now_ms();
+        row.entry_mut().connected = true;
+        row.entry_mut().last_seen_ms = now_ms();
         if let Some(a) = addr {
             row.add_addrs([strip_p2p(a)]);
         }
         if !row.joined {
             row.joined = true;
-            row.entry.state = PeerState::Alive;
+            row.entry_mut().state = PeerState::Alive;
             return Some(Transition { peer, from: None, to: PeerState::Alive });
         }
         if row.entry.state == PeerState::Left {
@@ -313,7 +324,7 @@ impl MeshView {
     /// others; the failure detector decides (a crash is checked by a dial).
     pub fn disconnected(&mut self, peer: PeerId) {
         if let Some(row) = self.peers.get_mut(&peer) {
-            row.entry.connected = false;
+            row.entry_mut().connected = false;
         }
     }
 
@@ -332,7 +343,7 @@ impl MeshView {
         let Some(row) = self.peers.get_mut(&peer) else { return false };
         let on = on && row.entry.state == PeerState::Alive;
         let changed = row.entry.suspect != on;
-        row.entry.suspect = on;
+        row.entry_mut().suspect = on;
         changed
     }
 
@@ -340,8 +351,8 @@ impl MeshView {
     /// is alive again (unless it left).
     pub fn rtt(&mut self, peer: PeerId, rtt: Duration) -> Option<Transition> {
         let row = self.peers.get_mut(&peer)?;
-        row.entry.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
-        row.entry.last_seen_ms = now_ms();
+        row.entry_mut().rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+        row.entry_mut().last_seen_ms = now_ms();
         if row.entry.connected && row.entry.state == PeerState::Failed {
             return Self::set_state(row, peer, PeerState::Alive);
         }
@@ -351,7 +362,7 @@ impl MeshView {
     /// Identify told us the peer's agent and listen addresses.
     pub fn identified(&mut self, peer: PeerId, agent: &str, addrs: &[Multiaddr]) {
         if let Some(row) = self.peers.get_mut(&peer) {
-            row.entry.agent = Some(agent.to_owned());
+            row.entry_mut().agent = Some(agent.to_owned());
             row.add_addrs(addrs.iter().map(strip_p2p));
         }
     }
@@ -380,21 +391,22 @@ impl MeshView {
         self.claims.retain(|_, owner| *owner != peer);
         self.claims.insert(record.cell_id.clone(), peer);
         let row = self.row(peer, found);
-        row.entry.cell_id = Some(record.cell_id.clone());
-        row.entry.branch = Some(record.branch.clone());
-        row.entry.consciousness_level = Some(record.level);
-        row.entry.seq = record.seq;
-        row.entry.tags.clone_from(&record.tags);
-        row.entry.services.clone_from(&record.services);
-        row.entry.record_addrs.clone_from(&record.addrs);
+        let entry = row.entry_mut();
+        entry.cell_id = Some(record.cell_id.clone());
+        entry.branch = Some(record.branch.clone());
+        entry.consciousness_level = Some(record.level);
+        entry.seq = record.seq;
+        entry.tags.clone_from(&record.tags);
+        entry.services.clone_from(&record.services);
+        entry.record_addrs.clone_from(&record.addrs);
         // An unsigned record (an older cell) replaces the signed one too:
         // relaying the older signed one would spread stale news.
         row.signed = record.envelope.is_some().then(|| record.clone());
         row.add_addrs(record.addrs.iter().filter_map(|a| a.parse().ok()).map(|a| strip_p2p(&a)));
         if direct && !record.agent.is_empty() {
-            row.entry.agent = Some(record.agent.clone());
+            row.entry_mut().agent = Some(record.agent.clone());
         }
-        row.entry.last_seen_ms = now_ms();
+        row.entry_mut().last_seen_ms = now_ms();
         // A record signed by its author (checked before it gets here) is
         // the author's word wherever it comes from: a newer one says the
         // cell was there after what we knew (a refutation that missed us
@@ -415,7 +427,7 @@ impl MeshView {
         let merge = if known { Merge::Updated } else { Merge::New };
         if !row.joined {
             row.joined = true;
-            row.entry.state = to;
+            row.entry_mut().state = to;
             return (merge, Some(Transition { peer, from: None, to }));
         }
         (merge, Self::set_state(row, peer, to))
@@ -585,7 +597,7 @@ impl MeshView {
     }
 
     pub fn get(&self, peer: &PeerId) -> Option<&PeerEntry> {
-        self.peers.get(peer).map(|r| &r.entry)
+        self.peers.get(peer).map(|r| &*r.entry)
     }
 
     /// Whether the mesh vouches for `peer`: alive here, and known from its
@@ -604,10 +616,17 @@ impl MeshView {
 
     /// Rows as `GET /peers` shows them, sorted by peer id; `relayed` says
     /// whether a cell is linked through relays only.
-    pub fn entries(&self, relayed: impl Fn(&PeerId) -> bool) -> Vec<PeerEntry> {
+    pub fn entries(&self, relayed: impl Fn(&PeerId) -> bool) -> Vec<Arc<PeerEntry>> {
         self.peers
             .iter()
-            .map(|(p, r)| PeerEntry { relayed: relayed(p), ..r.entry.clone() })
+            .map(|(p, r)| {
+                let relayed = relayed(p);
+                if relayed == r.entry.relayed {
+                    Arc::clone(&r.entry)
+                } else {
+                    Arc::new(PeerEntry { relayed, ..(*r.entry).clone() })
+                }
+            })
             .collect()
     }
 }

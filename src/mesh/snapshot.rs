@@ -2,6 +2,8 @@
 //! node publishes after changes (`/health`, `/peers`, the metrics), and the
 //! [`MeshEvent`]s `GET /events` streams.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use super::{PeerEntry, PeerState, Transition};
@@ -109,7 +111,8 @@ pub struct LocalState {
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
     pub local: LocalState,
-    pub peers: Vec<PeerEntry>,
+    /// Shared with the view's rows and the other snapshots while unchanged.
+    pub peers: Vec<Arc<PeerEntry>>,
     /// Set when the cell is degraded (why, and how to fix it).
     pub degraded: Option<String>,
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, watch};
 
-use crate::mesh::{MeshEvent, PeerState, Snapshot};
+use crate::mesh::{MeshEvent, PeerEntry, PeerState, Snapshot};
 use crate::metrics::CellMetrics;
 use crate::state::{RememberedPeer, State, MAX_REMEMBERED};
 
@@ -122,10 +122,17 @@ impl Publisher {
     /// the state to save, and the snapshot itself.
     pub(crate) fn publish(&mut self, snap: Snapshot) {
         self.coalescer.published();
-        for event in services_changed(&self.snapshot.borrow(), &snap) {
+        let (events, levels) = {
+            let old = self.snapshot.borrow();
+            (services_changed(&old, &snap), levels_changed(&old, &snap))
+        };
+        for event in events {
             let _ = self.events.send(event);
         }
-        self.metrics.observe(&snap);
+        if levels {
+            self.metrics.observe_levels(&snap);
+        }
+        self.metrics.observe_counts(&snap);
         let counts = (snap.connected(), snap.count(PeerState::Alive), snap.degraded.is_some());
         if counts != self.last_counts {
             self.last_counts = counts;
@@ -154,6 +161,44 @@ impl Publisher {
     }
 }
 
+/// The cells of two snapshots, pair by pair, when both list the same cells
+/// (the usual case: they are in peer-id order, and an entry that did not
+/// change is the same shared entry in both).
+fn paired<'a>(old: &'a Snapshot, new: &'a Snapshot) -> Option<Vec<(&'a PeerEntry, &'a PeerEntry)>> {
+    let same = old.peers.len() == new.peers.len()
+        && old
+            .peers
+            .iter()
+            .zip(&new.peers)
+            .all(|(a, b)| Arc::ptr_eq(a, b) || a.peer_id == b.peer_id);
+    same.then(|| {
+        old.peers
+            .iter()
+            .zip(&new.peers)
+            .filter(|(a, b)| !Arc::ptr_eq(a, b))
+            .map(|(a, b)| (&**a, &**b))
+            .collect()
+    })
+}
+
+/// Whether the levels the metrics show (`aios_consciousness_level` per
+/// live cell) differ between two snapshots.
+fn levels_changed(old: &Snapshot, new: &Snapshot) -> bool {
+    if old.local.cell_id != new.local.cell_id
+        || old.local.consciousness_level != new.local.consciousness_level
+    {
+        return true;
+    }
+    match paired(old, new) {
+        Some(changed) => changed.iter().any(|(a, b)| {
+            a.state != b.state
+                || a.cell_id != b.cell_id
+                || a.consciousness_level != b.consciousness_level
+        }),
+        None => true,
+    }
+}
+
 /// `services_changed` events for the cells (this one included) whose tags
 /// or services differ between two snapshots. A cell new in `new` has none:
 /// its `cell_joined` and the snapshot tell of it.
@@ -168,19 +213,23 @@ fn services_changed(old: &Snapshot, new: &Snapshot) -> Vec<MeshEvent> {
             is_self: true,
         });
     }
-    let before: std::collections::HashMap<&str, _> =
-        old.peers.iter().map(|p| (p.peer_id.as_str(), (&p.tags, &p.services))).collect();
-    for p in &new.peers {
-        if let Some((tags, services)) = before.get(p.peer_id.as_str()) {
-            if **tags != p.tags || **services != p.services {
-                events.push(MeshEvent::ServicesChanged {
-                    peer_id: p.peer_id.clone(),
-                    cell_id: p.cell_id.clone(),
-                    tags: p.tags.clone(),
-                    services: p.services.clone(),
-                    is_self: false,
-                });
-            }
+    let pairs = paired(old, new).unwrap_or_else(|| {
+        let before: std::collections::HashMap<&str, &PeerEntry> =
+            old.peers.iter().map(|p| (p.peer_id.as_str(), &**p)).collect();
+        new.peers
+            .iter()
+            .filter_map(|p| before.get(p.peer_id.as_str()).map(|a| (*a, &**p)))
+            .collect()
+    });
+    for (a, p) in pairs {
+        if a.tags != p.tags || a.services != p.services {
+            events.push(MeshEvent::ServicesChanged {
+                peer_id: p.peer_id.clone(),
+                cell_id: p.cell_id.clone(),
+                tags: p.tags.clone(),
+                services: p.services.clone(),
+                is_self: false,
+            });
         }
     }
     events
@@ -189,6 +238,86 @@ fn services_changed(old: &Snapshot, new: &Snapshot) -> Vec<MeshEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn snap(m: &crate::mesh::MeshView) -> Snapshot {
+        Snapshot {
+            local: crate::mesh::LocalState {
+                cell_id: "me".into(),
+                peer_id: String::new(),
+                branch: "main".into(),
+                consciousness_level: 0.5,
+                seq: 1,
+                listen_addrs: vec![],
+                transports: vec![],
+                reachability: "unknown",
+                relays: vec![],
+                tags: Default::default(),
+                services: vec![],
+            },
+            peers: m.entries(|_| false),
+            degraded: None,
+        }
+    }
+
+    fn record(id: &str, seq: u64, level: f64, tag: &str) -> crate::network::protocol::CellRecord {
+        crate::network::protocol::CellRecord {
+            cell_id: id.into(),
+            level,
+            branch: "main".into(),
+            seq,
+            at_ms: 0,
+            addrs: vec![],
+            agent: String::new(),
+            leaving: false,
+            tags: [("room".to_owned(), tag.to_owned())].into(),
+            services: Vec::new(),
+            envelope: None,
+        }
+    }
+
+    #[test]
+    fn snapshots_share_unchanged_entries_and_tell_only_what_changed() {
+        use crate::mesh::FoundBy;
+        let mut m = crate::mesh::MeshView::new(libp2p::PeerId::random(), "me");
+        let cells: Vec<libp2p::PeerId> = (0..3).map(|_| libp2p::PeerId::random()).collect();
+        for (i, p) in cells.iter().enumerate() {
+            m.merge(*p, &record(&format!("c{i}"), 1, 0.5, "a"), FoundBy::Gossip, true);
+        }
+        let first = snap(&m);
+        // Nothing changed: the same entries, no event, the levels as shown.
+        let same = snap(&m);
+        assert!(first.peers.iter().zip(&same.peers).all(|(a, b)| Arc::ptr_eq(a, b)));
+        assert!(services_changed(&first, &same).is_empty());
+        assert!(!levels_changed(&first, &same));
+        // A round trip changes an entry but neither services nor levels.
+        m.rtt(cells[0], Duration::from_millis(3));
+        let rtt = snap(&m);
+        assert_eq!(
+            rtt.peers.iter().zip(&same.peers).filter(|(a, b)| !Arc::ptr_eq(a, b)).count(),
+            1
+        );
+        assert!(services_changed(&same, &rtt).is_empty());
+        assert!(!levels_changed(&same, &rtt));
+        // One cell's new record: its tags and level; the others still shared.
+        m.merge(cells[1], &record("c1", 2, 0.9, "b"), FoundBy::Gossip, true);
+        let next = snap(&m);
+        let events = services_changed(&rtt, &next);
+        assert_eq!(events.len(), 1);
+        assert!(
+            matches!(&events[0], MeshEvent::ServicesChanged { peer_id, .. } if *peer_id == cells[1].to_base58())
+        );
+        assert!(levels_changed(&rtt, &next));
+        // A new cell: the lists no longer pair up; still told right.
+        m.merge(libp2p::PeerId::random(), &record("c3", 1, 0.5, "a"), FoundBy::Gossip, true);
+        m.merge(cells[2], &record("c2", 2, 0.5, "c"), FoundBy::Gossip, true);
+        let grown = snap(&m);
+        let events = services_changed(&next, &grown);
+        assert_eq!(events.len(), 1);
+        assert!(
+            matches!(&events[0], MeshEvent::ServicesChanged { peer_id, .. } if *peer_id == cells[2].to_base58())
+        );
+        assert!(levels_changed(&next, &grown));
+    }
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
 

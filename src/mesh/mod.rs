@@ -367,6 +367,14 @@ impl MeshView {
         }
     }
 
+    /// Whether [`MeshView::merge`] would find a record of `peer` at `seq`
+    /// stale: we hold that version or a newer one, or (`direct` false) the
+    /// cell speaks to us itself. Such a record need not have its signature
+    /// checked.
+    pub fn holds(&self, peer: &PeerId, seq: u64, direct: bool) -> bool {
+        self.peers.get(peer).is_some_and(|r| seq <= r.entry.seq || (!direct && r.entry.connected))
+    }
+
     /// Merges a record authored by `peer`. A newer `seq` wins; the same or an
     /// older one is ignored. `direct` says the author itself sent it (gossip
     /// source or request-response peer) rather than a third party.

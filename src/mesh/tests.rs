@@ -271,3 +271,20 @@ fn network_level_is_the_mean_over_live_cells() {
     };
     assert_eq!(s.network_level(), 0.5);
 }
+
+#[test]
+fn a_held_version_is_known_stale_before_any_check() {
+    let mut m = MeshView::new(PeerId::random(), "me");
+    let (a, b) = (PeerId::random(), PeerId::random());
+    assert!(!m.holds(&a, 1, true), "unknown: news");
+    m.merge(a, &rec(3, 1.0), FoundBy::Gossip, true);
+    assert!(m.holds(&a, 3, true) && m.holds(&a, 2, true));
+    assert!(!m.holds(&a, 4, true));
+    assert_eq!(m.merge(a, &rec(3, 2.0), FoundBy::Gossip, true).0, Merge::Stale);
+    // A cell that speaks to us itself: others' word of it is stale.
+    let rec_b = |seq| CellRecord { cell_id: "b".into(), ..rec(seq, 1.0) };
+    m.connected(b, None, FoundBy::Mdns);
+    m.merge(b, &rec_b(1), FoundBy::Inbound, true);
+    assert!(m.holds(&b, 2, false) && !m.holds(&b, 2, true));
+    assert_eq!(m.merge(b, &rec_b(2), FoundBy::Gossip, false).0, Merge::Stale);
+}

@@ -277,10 +277,13 @@ impl Node {
         let verdict = match gossip::classify(self.local.peer, message.source, &message.data) {
             Incoming::Record(source, record) => {
                 // gossipsub checked that `source` signed the message; a
-                // record that also carries an envelope must hold to it.
+                // record that also carries an envelope must hold to it,
+                // unless we hold that version already (merged as stale
+                // either way; the check is an Ed25519 verification).
+                let held = self.mesh.holds(&source, record.seq, true);
                 let record = match record.envelope {
-                    Some(_) => record.verified(&source),
-                    None => Ok(record),
+                    Some(_) if !held => record.verified(&source),
+                    _ => Ok(record),
                 };
                 match record {
                     Ok(record) => {

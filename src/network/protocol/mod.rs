@@ -507,6 +507,14 @@ impl KnownCell {
     /// Decodes a message on [`RELAY_TOPIC`]: the author and its record as
     /// the author signed it (unsigned, forged or altered ones are refused).
     pub fn from_relay(bytes: &[u8]) -> Result<(PeerId, CellRecord), RelayError> {
+        let (author, record) = Self::relay_unverified(bytes)?;
+        Ok((author, Self::relay_verified(author, record)?))
+    }
+
+    /// The first half of [`KnownCell::from_relay`]: the author and the
+    /// record, decoded and validated, its signature not yet checked (a
+    /// receiver that holds that version already need not check it).
+    pub fn relay_unverified(bytes: &[u8]) -> Result<(PeerId, CellRecord), RelayError> {
         // The record plus its author's peer id and the map around them.
         if bytes.len() > MAX_RECORD_BYTES + 128 {
             return Err(RecordError::TooLarge.into());
@@ -515,11 +523,12 @@ impl KnownCell {
             ciborium::from_reader(bytes).map_err(|e| RelayError::Decode(e.to_string()))?;
         let author: PeerId = k.peer_id.parse().map_err(|_| RelayError::PeerId(k.peer_id))?;
         k.record.validate()?;
-        let signed = k
-            .record
-            .verified(&author)
-            .map_err(|e| RelayError::Signature { author, error: Box::new(e) })?;
-        Ok((author, signed))
+        Ok((author, k.record))
+    }
+
+    /// The second half: the record as `author` signed it.
+    pub fn relay_verified(author: PeerId, record: CellRecord) -> Result<CellRecord, RelayError> {
+        record.verified(&author).map_err(|e| RelayError::Signature { author, error: Box::new(e) })
     }
 }
 

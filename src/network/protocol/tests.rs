@@ -345,7 +345,15 @@ fn a_relayed_record_counts_only_as_its_author_signed_it() {
     };
     let mut level = signed.clone();
     level.level = 6.0;
-    assert_eq!(refused(&relay(level)), SignatureError::Altered);
+    assert_eq!(refused(&relay(level.clone())), SignatureError::Altered);
+    // In two halves: decoded first (a receiver holding that version stops
+    // there), then checked.
+    let (who, unchecked) = KnownCell::relay_unverified(&relay(level)).expect("decodes");
+    assert_eq!(who, id);
+    assert!(matches!(
+        KnownCell::relay_verified(who, unchecked),
+        Err(RelayError::Signature { error, .. }) if *error == SignatureError::Altered
+    ));
     assert_eq!(refused(&relay(record())), SignatureError::Unsigned);
     // Named as another cell's: signed by the wrong key.
     let other = KnownCell { peer_id: libp2p::PeerId::random().to_base58(), record: signed };

@@ -389,12 +389,10 @@ impl MeshView {
             return (Merge::Conflict, None);
         }
         let known = self.peers.contains_key(&peer);
-        if let Some(r) = self.peers.get(&peer) {
-            // The same or an older record; or a third party's word about a
-            // cell that speaks to us itself (its own records win).
-            if record.seq <= r.entry.seq || (!direct && r.entry.connected) {
-                return (Merge::Stale, None);
-            }
+        // The same or an older record; or a third party's word about a
+        // cell that speaks to us itself (its own records win).
+        if self.holds(&peer, record.seq, direct) {
+            return (Merge::Stale, None);
         }
         self.claims.retain(|_, owner| *owner != peer);
         self.claims.insert(record.cell_id.clone(), peer);

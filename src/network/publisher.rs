@@ -122,10 +122,7 @@ impl Publisher {
     /// the state to save, and the snapshot itself.
     pub(crate) fn publish(&mut self, snap: Snapshot) {
         self.coalescer.published();
-        let (events, levels) = {
-            let old = self.snapshot.borrow();
-            (services_changed(&old, &snap), levels_changed(&old, &snap))
-        };
+        let (events, levels) = compare(&self.snapshot.borrow(), &snap);
         for event in events {
             let _ = self.events.send(event);
         }
@@ -181,28 +178,12 @@ fn paired<'a>(old: &'a Snapshot, new: &'a Snapshot) -> Option<Vec<(&'a PeerEntry
     })
 }
 
-/// Whether the levels the metrics show (`aios_consciousness_level` per
-/// live cell) differ between two snapshots.
-fn levels_changed(old: &Snapshot, new: &Snapshot) -> bool {
-    if old.local.cell_id != new.local.cell_id
-        || old.local.consciousness_level != new.local.consciousness_level
-    {
-        return true;
-    }
-    match paired(old, new) {
-        Some(changed) => changed.iter().any(|(a, b)| {
-            a.state != b.state
-                || a.cell_id != b.cell_id
-                || a.consciousness_level != b.consciousness_level
-        }),
-        None => true,
-    }
-}
-
-/// `services_changed` events for the cells (this one included) whose tags
-/// or services differ between two snapshots. A cell new in `new` has none:
-/// its `cell_joined` and the snapshot tell of it.
-fn services_changed(old: &Snapshot, new: &Snapshot) -> Vec<MeshEvent> {
+/// What changed between two snapshots that is told apart from the
+/// snapshot itself: `services_changed` events for the cells (this one
+/// included) whose tags or services differ (a cell new in `new` has none:
+/// its `cell_joined` and the snapshot tell of it), and whether the levels
+/// the metrics show (`aios_consciousness_level` per live cell) differ.
+fn compare(old: &Snapshot, new: &Snapshot) -> (Vec<MeshEvent>, bool) {
     let mut events = Vec::new();
     if old.local.tags != new.local.tags || old.local.services != new.local.services {
         events.push(MeshEvent::ServicesChanged {
@@ -213,7 +194,17 @@ fn services_changed(old: &Snapshot, new: &Snapshot) -> Vec<MeshEvent> {
             is_self: true,
         });
     }
-    let pairs = paired(old, new).unwrap_or_else(|| {
+    let paired = paired(old, new);
+    let levels = old.local.cell_id != new.local.cell_id
+        || old.local.consciousness_level != new.local.consciousness_level
+        || paired.as_ref().is_none_or(|changed| {
+            changed.iter().any(|(a, b)| {
+                a.state != b.state
+                    || a.cell_id != b.cell_id
+                    || a.consciousness_level != b.consciousness_level
+            })
+        });
+    let pairs = paired.unwrap_or_else(|| {
         let before: std::collections::HashMap<&str, &PeerEntry> =
             old.peers.iter().map(|p| (p.peer_id.as_str(), &**p)).collect();
         new.peers
@@ -232,7 +223,7 @@ fn services_changed(old: &Snapshot, new: &Snapshot) -> Vec<MeshEvent> {
             });
         }
     }
-    events
+    (events, levels)
 }
 
 #[cfg(test)]
@@ -287,8 +278,8 @@ mod tests {
         // Nothing changed: the same entries, no event, the levels as shown.
         let same = snap(&m);
         assert!(first.peers.iter().zip(&same.peers).all(|(a, b)| Arc::ptr_eq(a, b)));
-        assert!(services_changed(&first, &same).is_empty());
-        assert!(!levels_changed(&first, &same));
+        assert!(compare(&first, &same).0.is_empty());
+        assert!(!compare(&first, &same).1);
         // A round trip changes an entry but neither services nor levels.
         m.rtt(cells[0], Duration::from_millis(3));
         let rtt = snap(&m);
@@ -296,27 +287,27 @@ mod tests {
             rtt.peers.iter().zip(&same.peers).filter(|(a, b)| !Arc::ptr_eq(a, b)).count(),
             1
         );
-        assert!(services_changed(&same, &rtt).is_empty());
-        assert!(!levels_changed(&same, &rtt));
+        assert!(compare(&same, &rtt).0.is_empty());
+        assert!(!compare(&same, &rtt).1);
         // One cell's new record: its tags and level; the others still shared.
         m.merge(cells[1], &record("c1", 2, 0.9, "b"), FoundBy::Gossip, true);
         let next = snap(&m);
-        let events = services_changed(&rtt, &next);
+        let events = compare(&rtt, &next).0;
         assert_eq!(events.len(), 1);
         assert!(
             matches!(&events[0], MeshEvent::ServicesChanged { peer_id, .. } if *peer_id == cells[1].to_base58())
         );
-        assert!(levels_changed(&rtt, &next));
+        assert!(compare(&rtt, &next).1);
         // A new cell: the lists no longer pair up; still told right.
         m.merge(libp2p::PeerId::random(), &record("c3", 1, 0.5, "a"), FoundBy::Gossip, true);
         m.merge(cells[2], &record("c2", 2, 0.5, "c"), FoundBy::Gossip, true);
         let grown = snap(&m);
-        let events = services_changed(&next, &grown);
+        let events = compare(&next, &grown).0;
         assert_eq!(events.len(), 1);
         assert!(
             matches!(&events[0], MeshEvent::ServicesChanged { peer_id, .. } if *peer_id == cells[2].to_base58())
         );
-        assert!(levels_changed(&next, &grown));
+        assert!(compare(&next, &grown).1);
     }
 
     const MS: fn(u64) -> Duration = Duration::from_millis;

@@ -9,28 +9,13 @@ counters in each host, and the /metrics counters that moved.
 Host 1 also carries the harness's event streams (its poller runs there), and
 the two /metrics scrapes of each host fall inside its window (~40 KB each at
 200 cells): read hosts N/2 and N, less those scrapes."""
-import os, subprocess, sys, time, types
+import os, sys, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import run as R
+import diag
+
 if len(sys.argv) != 5:
     sys.exit(__doc__)
 n = int(sys.argv[1]); binary = sys.argv[2]; wait = float(sys.argv[3]); window = float(sys.argv[4])
-prefix, a, b = R.pick_prefix(set())
-lab = R.Lab(n, prefix, a, b)
-feed = R.Feed()
-workdir = R.REAPER.tmpdir(f"aios-diag-{prefix}-", keep=True)
-opts = types.SimpleNamespace(settle=0, converge_timeout=200, window=1)
-def sh(i, *cmd, inp=None):
-    return subprocess.run(["ip", "netns", "exec", lab.ns(i), *cmd], capture_output=True, text=True, input=inp)
-def scrape(i):
-    r = sh(i, "curl", "-s", "-m", "10", f"http://{lab.ip(i)}:9091/metrics")
-    out = {}
-    for line in r.stdout.splitlines():
-        if line.startswith("#") or not line.strip(): continue
-        k, _, v = line.rpartition(" ")
-        try: out[k] = float(v)
-        except ValueError: pass
-    return out
 RULES = """table inet cnt {
   chain in { type filter hook input priority -10; policy accept;
     udp dport 5353 counter comment "in mdns"
@@ -44,31 +29,23 @@ RULES = """table inet cnt {
     meta l4proto tcp counter comment "out tcp"
   }
 }"""
-try:
-    lab.create()
-    poller = R.Poller(lab, feed, os.path.join(workdir, "poller.log"))
-    cells = R.CellSide(lab, feed, binary, workdir, poller)
-    suite = R.Suite(cells, lab, feed, opts, [])
-    ok = suite.convergence()
-    print("converged", ok, flush=True)
+with diag.converged(n, binary, 200) as run:
+    lab = run.lab
+    print("converged", run.ok, flush=True)
     time.sleep(wait)
     hosts = [1, n // 2, n]
-    for i in hosts: print(sh(i, "nft", "-f", "-", inp=RULES).stderr.strip())
-    m0 = {i: scrape(i) for i in hosts}
+    for i in hosts:
+        print(diag.netns(lab, i, "nft", "-f", "-", inp=RULES).stderr.strip())
+    m0 = {i: diag.scrape(lab, i) for i in hosts}
     time.sleep(window)
-    m1 = {i: scrape(i) for i in hosts}
+    m1 = {i: diag.scrape(lab, i) for i in hosts}
     for i in hosts:
         print(f"--- host {i}, {window:.0f} s")
-        out = sh(i, "nft", "list", "table", "inet", "cnt").stdout
+        out = diag.netns(lab, i, "nft", "list", "table", "inet", "cnt").stdout
         for line in out.splitlines():
             if "counter" in line:
                 print("  ", line.strip())
         d = [(m1[i].get(k, 0) - v, k) for k, v in m0[i].items() if ("total" in k or "_count" in k)]
         for v, k in sorted(d, reverse=True)[:25]:
-            if v > 0: print(f"   {v/window:10.2f}/s  {k}")
-finally:
-    try:
-        cells.stop_all(); cells.close(); poller.close()
-    except Exception as e:
-        print("teardown", e)
-    lab.destroy()
+            if v > 0:
+                print(f"   {v/window:10.2f}/s  {k}")

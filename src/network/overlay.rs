@@ -195,6 +195,9 @@ pub(crate) const MIN_LINKS: usize = 1;
 /// instead of 9.6 s (bench/RESULTS.md, sixth round).
 pub(crate) const ONE_LINK: usize = 1;
 pub(crate) const ONE_LINK_JITTER_DIV: u32 = 4;
+/// A cell linked this long whose gossip mesh for the mesh topic is still
+/// empty (see `Node::deaf`) dials its neighbours at once, as a joining one.
+pub(crate) const DEAF_AFTER: Duration = Duration::from_secs(1);
 /// At most this many new neighbours are dialed per call (the node's tick
 /// is 0.5 s), for the same reason.
 pub(crate) const NEIGHBOUR_DIALS_AT_ONCE: usize = 2;
@@ -241,11 +244,13 @@ impl Settle {
     /// joining), otherwise once the set has held still
     /// [`NEIGHBOURS_SETTLE`], or dials have waited [`NEIGHBOURS_HOLD_MAX`]
     /// (each plus the cell's jitter, a quarter of it with [`ONE_LINK`]
-    /// link). `wanted`: some neighbour is not linked.
+    /// link). At once too for a `deaf` cell (linked, but in no gossip mesh
+    /// for [`DEAF_AFTER`]). `wanted`: some neighbour is not linked.
     pub(crate) fn due(
         &mut self,
         neighbours: &BTreeSet<PeerId>,
         links: usize,
+        deaf: bool,
         wanted: bool,
         now: Instant,
     ) -> bool {
@@ -261,6 +266,7 @@ impl Settle {
         let jitter =
             if links <= ONE_LINK { self.jitter / ONE_LINK_JITTER_DIV } else { self.jitter };
         let due = links < MIN_LINKS
+            || deaf
             || now.duration_since(self.since) >= NEIGHBOURS_SETTLE + jitter
             || now.duration_since(held) >= NEIGHBOURS_HOLD_MAX + jitter;
         if due {
@@ -400,19 +406,19 @@ mod tests {
         let view = |n: usize| -> BTreeSet<PeerId> { all[..n].iter().copied().collect() };
         let mut settle = Settle::new(t0, Duration::ZERO);
         // Joining (no link, no dial under way): at once.
-        assert!(settle.due(&view(12), 0, true, t0));
+        assert!(settle.due(&view(12), 0, false, true, t0));
         // Linked, the view changing: held back until it holds still 2 s.
-        assert!(!settle.due(&view(13), MIN_LINKS, true, s(500)));
-        assert!(!settle.due(&view(14), MIN_LINKS, true, s(1000)));
-        assert!(!settle.due(&view(14), MIN_LINKS, true, s(2999)));
-        assert!(settle.due(&view(14), MIN_LINKS, true, s(3000)));
+        assert!(!settle.due(&view(13), MIN_LINKS, false, true, s(500)));
+        assert!(!settle.due(&view(14), MIN_LINKS, false, true, s(1000)));
+        assert!(!settle.due(&view(14), MIN_LINKS, false, true, s(2999)));
+        assert!(settle.due(&view(14), MIN_LINKS, false, true, s(3000)));
         // Nothing wanted: nothing held.
-        assert!(!settle.due(&view(14), MIN_LINKS, false, s(3500)));
+        assert!(!settle.due(&view(14), MIN_LINKS, false, false, s(3500)));
         // A view that keeps changing: dialed after 5 s of waiting anyway.
         let mut at = None;
         for k in 0..40u64 {
             let now = s(4000 + k * 500);
-            if settle.due(&view(15 + k as usize % 15), MIN_LINKS, true, now) {
+            if settle.due(&view(15 + k as usize % 15), MIN_LINKS, false, true, now) {
                 at = Some(now.duration_since(s(4000)));
                 break;
             }
@@ -420,13 +426,18 @@ mod tests {
         assert_eq!(at, Some(NEIGHBOURS_HOLD_MAX));
         // A cell's jitter stretches both waits; with one link, a quarter of it.
         let mut late = Settle::new(t0, Duration::from_millis(800));
-        assert!(!late.due(&view(14), 2, true, t0));
-        assert!(!late.due(&view(14), 2, true, s(2799)));
-        assert!(late.due(&view(14), 2, true, s(2800)));
+        assert!(!late.due(&view(14), 2, false, true, t0));
+        assert!(!late.due(&view(14), 2, false, true, s(2799)));
+        assert!(late.due(&view(14), 2, false, true, s(2800)));
         let mut alone = Settle::new(t0, Duration::from_millis(800));
-        assert!(!alone.due(&view(14), ONE_LINK, true, t0));
-        assert!(!alone.due(&view(14), ONE_LINK, true, s(2199)));
-        assert!(alone.due(&view(14), ONE_LINK, true, s(2200)));
+        assert!(!alone.due(&view(14), ONE_LINK, false, true, t0));
+        assert!(!alone.due(&view(14), ONE_LINK, false, true, s(2199)));
+        assert!(alone.due(&view(14), ONE_LINK, false, true, s(2200)));
+        // Linked but in no gossip mesh (deaf): at once, as a joining cell.
+        let mut deaf = Settle::new(t0, Duration::from_millis(800));
+        assert!(!deaf.due(&view(14), ONE_LINK, false, true, t0));
+        assert!(deaf.due(&view(15), ONE_LINK, true, true, s(100)));
+        assert!(!deaf.due(&view(15), ONE_LINK, true, false, s(200)), "nothing wanted");
     }
 
     #[test]

@@ -307,12 +307,13 @@ impl Dialer {
         links: &Links,
         nets: &[if_watch::IpNet],
         neighbours: &BTreeSet<PeerId>,
+        deaf: bool,
     ) -> Vec<Dial> {
         let candidates: Vec<_> = mesh
             .unconnected_alive(HEARSAY_DIAL_AFTER, |a| near(nets, a))
             .filter(|(p, _)| neighbours.contains(p))
             .collect();
-        if !self.neighbours_due(now, links, neighbours, !candidates.is_empty()) {
+        if !self.neighbours_due(now, links, neighbours, deaf, !candidates.is_empty()) {
             return Vec::new();
         }
         let mut out = Vec::new();
@@ -377,9 +378,10 @@ impl Dialer {
         now: Instant,
         links: &Links,
         neighbours: &BTreeSet<PeerId>,
+        deaf: bool,
         wanted: bool,
     ) -> bool {
-        self.settle.due(neighbours, links.count() + self.pending.len(), wanted, now)
+        self.settle.due(neighbours, links.count() + self.pending.len(), deaf, wanted, now)
     }
 
     /// Every tick: failed cells that would be our neighbours redialed with

@@ -243,10 +243,10 @@ fn a_cell_found_that_no_record_names_is_dialed_once_the_view_holds_still() {
     // then is 1.5 s plus the cell's own share of the jitter.
     let j = overlay::Settle::jitter_of(&me);
     let view = BTreeSet::from([linked, stranger, named]);
-    d.neighbours_due(t0 + MS(1000), &links, &view, false);
+    d.neighbours_due(t0 + MS(1000), &links, &view, false, false);
     assert!(d.dial_strangers(t0 + MS(2000) + j, &mesh, &links).is_empty());
     let view = BTreeSet::from([linked, stranger]);
-    d.neighbours_due(t0 + MS(2000), &links, &view, false);
+    d.neighbours_due(t0 + MS(2000), &links, &view, false, false);
     assert!(d.dial_strangers(t0 + MS(3400) + j, &mesh, &links).is_empty());
     let dials = d.dial_strangers(t0 + MS(3500) + j, &mesh, &links);
     let dialed: Vec<_> = dials.iter().map(|x| x.peer).collect();

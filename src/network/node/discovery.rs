@@ -200,7 +200,7 @@ impl Node {
             if known.iter().any(crate::network::addr::is_tcp)
                 && neighbours.contains(&peer)
                 && !self.links.is_connected(&peer)
-                && self.dialer.neighbours_due(now, &self.links, &neighbours, true)
+                && self.dialer.neighbours_due(now, &self.links, &neighbours, self.deaf(now), true)
                 && self.dialer.may_dial(peer, now, &self.links)
             {
                 let dial = self.dialer.dial(peer, known, FoundBy::Mdns, &self.links);

@@ -44,6 +44,20 @@ impl Node {
         overlay::neighbours(self.local.peer, &self.mesh.ring(crate::mesh::now_ms(), keep))
     }
 
+    /// Whether this cell is linked but in nobody's gossip mesh for the
+    /// mesh topic (see [`overlay::DEAF_AFTER`]): its links' cells pruned it
+    /// (a cell with more than gossipsub's `mesh_n_high` mesh peers prunes
+    /// some, and they may not graft it again for a minute), and it hears
+    /// their gossip only late, by IHAVE or syncs.
+    pub(super) fn deaf(&self, now: Instant) -> bool {
+        let in_mesh =
+            self.swarm.behaviour().gossipsub.mesh_peers(&self.topic_hash).next().is_some();
+        !in_mesh
+            && self.links.peers().any(|p| {
+                self.links.of(&p).iter().any(|l| now.duration_since(l.since) >= overlay::DEAF_AFTER)
+            })
+    }
+
     /// Closes links to cells that are no neighbours once they are
     /// [`overlay::PRUNE_AFTER`] old (longer for a cell whose link we closed
     /// before, see [`overlay::PruneBackoff`]): a join, a `/register`, a check, a

@@ -39,13 +39,8 @@ def regions(pid):
     return out
 
 
-def status(pid):
-    with open(f"/proc/{pid}/status") as f:
-        return {k: v.strip() for k, _, v in (l.partition(":") for l in f)}
-
-
 def report(pid, exe):
-    st = status(pid)
+    st = diag.R.proc_status(pid)
     print(f"  VmRSS {st['VmRSS']}, RssAnon {st['RssAnon']}, RssFile {st['RssFile']}, "
           f"threads {st['Threads']}")
     kinds = collections.Counter()

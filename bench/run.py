@@ -686,18 +686,19 @@ def cpu_delta(a, b):
     return tb - ta
 
 
+def proc_status(pid):
+    """/proc/PID/status as a dict of its fields ("VmRSS": "15420 kB", ...)."""
+    with open(f"/proc/{pid}/status") as f:
+        return {k: v.strip() for k, _, v in (line.partition(":") for line in f)}
+
+
 def proc_rss_kb(pid):
     """(VmRSS, RssAnon) in kB: all resident pages, and those private to the
     process (heap, stacks; not the executable's pages, which the page cache
     shares)."""
-    vm = anon = None
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                vm = int(line.split()[1])
-            elif line.startswith("RssAnon:"):
-                anon = int(line.split()[1])
-    return vm, anon
+    st = proc_status(pid)
+    kb = lambda k: int(st[k].split()[0]) if k in st else None  # noqa: E731
+    return kb("VmRSS"), kb("RssAnon")
 
 
 # ---------------------------------------------------------------------------

@@ -20,8 +20,10 @@ WORKDIR /build
 
 # Dependency layer: build every dependency against stub sources so that this
 # (slow) layer is reused until Cargo.toml or Cargo.lock change. The package
-# has both a library and a binary, so both get a stub.
+# has both a library and a binary, so both get a stub. vendor/ holds a patched
+# dependency (libp2p-kad, see vendor/README.md), part of this layer.
 COPY Cargo.toml Cargo.lock ./
+COPY vendor ./vendor
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && : > src/lib.rs \

@@ -188,11 +188,11 @@ pub(crate) const NEIGHBOURS_JITTER: Duration = Duration::from_secs(5);
 pub(crate) const MIN_LINKS: usize = 1;
 /// A cell with this many links or fewer (dials under way included) waits
 /// a quarter of its jitter ([`ONE_LINK_JITTER_DIV`]): its one link is all
-/// it hears of the mesh by (and if that cell's gossip mesh is full, a
-/// pruned cell gets its gossip late, by IHAVE or syncs). In 100-cell starts such cells held one link for up to
-/// 8.5 s while they knew 84 cells, and were the last views to complete;
-/// with a quarter of the jitter the median start converged in 7.3 s
-/// instead of 9.6 s (bench/RESULTS.md, sixth round).
+/// it hears of the mesh by (if that cell pruned it from its gossip mesh,
+/// [`DEAF_AFTER`] applies). In 100-cell starts such cells held one link
+/// for up to 8.5 s while they knew 84 cells, and were the last views to
+/// complete; with a quarter of the jitter the median start converged in
+/// 7.3 s instead of 9.6 s (bench/RESULTS.md, sixth round).
 pub(crate) const ONE_LINK: usize = 1;
 pub(crate) const ONE_LINK_JITTER_DIV: u32 = 4;
 /// A cell linked this long whose gossip mesh for the mesh topic is still

@@ -133,17 +133,8 @@ impl Node {
         // cell that started after the others sent mDNS only a query, which
         // tells nobody of it; its records are how the rest learn of it.
         if n > 0 {
-            let now = Instant::now();
-            let deaf = self.deaf(now);
-            let dials = self.dialer.dial_known(
-                now,
-                &self.mesh,
-                &self.links,
-                self.beyond.nets(),
-                &self.neighbours(),
-                deaf,
-            );
-            self.start_dials(dials);
+            let neighbours = self.neighbours();
+            self.dial_neighbours(Instant::now(), &neighbours);
         }
         Ok(n)
     }

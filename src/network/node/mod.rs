@@ -397,19 +397,7 @@ impl Node {
         }
         self.metrics.health_score.set(self.liveness.health_score().into());
         let neighbours = self.neighbours();
-        let deaf = self.deaf(now);
-        let dials = self.dialer.dial_known(
-            now,
-            &self.mesh,
-            &self.links,
-            self.beyond.nets(),
-            &neighbours,
-            deaf,
-        );
-        if deaf && !dials.is_empty() {
-            tracing::debug!(dials = dials.len(), "in no gossip mesh: dialing neighbours at once");
-        }
-        self.start_dials(dials);
+        self.dial_neighbours(now, &neighbours);
         let dials = self.dialer.dial_strangers(now, &self.mesh, &self.links);
         self.start_dials(dials);
         for step in self.dialer.on_tick(now, &self.mesh, &self.links) {

@@ -44,6 +44,24 @@ impl Node {
         overlay::neighbours(self.local.peer, &self.mesh.ring(crate::mesh::now_ms(), keep))
     }
 
+    /// Dials the `neighbours` not linked yet, when the dialer says such
+    /// dials are due (see `overlay::Settle`).
+    pub(super) fn dial_neighbours(&mut self, now: Instant, neighbours: &BTreeSet<PeerId>) {
+        let deaf = self.deaf(now);
+        let dials = self.dialer.dial_known(
+            now,
+            &self.mesh,
+            &self.links,
+            self.beyond.nets(),
+            neighbours,
+            deaf,
+        );
+        if deaf && !dials.is_empty() {
+            tracing::debug!(dials = dials.len(), "in no gossip mesh: dialing neighbours at once");
+        }
+        self.start_dials(dials);
+    }
+
     /// Whether this cell is linked but in nobody's gossip mesh for the
     /// mesh topic (see [`overlay::DEAF_AFTER`]): its links' cells pruned it
     /// (a cell with more than gossipsub's `mesh_n_high` mesh peers prunes
